@@ -1,0 +1,75 @@
+#pragma once
+/// @file adam.hpp
+/// @brief Adam (Kingma & Ba 2015) and AdamW (Loshchilov & Hutter 2019), exactly as
+/// torch.optim.Adam / AdamW:
+///
+///     t <- t + 1
+///     g <- g + wd * p                      (Adam's coupled L2; AdamW instead: p <- p (1 - lr wd))
+///     m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
+///     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+///
+/// The step counter t advances once per step, for the whole vector.
+#include <cmath>
+
+#include "optimizer.hpp"
+
+namespace fedmoe {
+
+template <class Scalar = float, bool Decoupled = false>
+class AdamBase {
+public:
+  using scalar_type = Scalar;
+  using state_type = OptimizerState<Scalar>;
+
+  explicit AdamBase(double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
+                    double weight_decay = Decoupled ? 1e-2 : 0.0)
+      : m_lr(lr), m_b1(beta1), m_b2(beta2), m_eps(eps), m_wd(weight_decay) {
+    FEDMOE_CHECK(lr > 0, "Adam: expected lr > 0, got ", lr);
+    FEDMOE_CHECK(beta1 >= 0 && beta1 < 1, "Adam: expected 0 <= beta1 < 1, got ", beta1);
+    FEDMOE_CHECK(beta2 >= 0 && beta2 < 1, "Adam: expected 0 <= beta2 < 1, got ", beta2);
+    FEDMOE_CHECK(eps > 0, "Adam: expected eps > 0, got ", eps);
+    FEDMOE_CHECK(weight_decay >= 0, "Adam: expected weight_decay >= 0, got ", weight_decay);
+  }
+
+  void step(Vector<Scalar>& params, const Vector<Scalar>& grads) {
+    detail::check_step(Decoupled ? "AdamW::step" : "Adam::step", params, grads, m_state);
+    if (m_state.steps == 0) {
+      m_state.first.setZero(params.size());
+      m_state.second.setZero(params.size());
+    }
+    const std::int64_t t = ++m_state.steps;
+    const Scalar b1 = Scalar(m_b1), b2 = Scalar(m_b2), wd = Scalar(m_wd), eps = Scalar(m_eps);
+    const Scalar step_size = Scalar(m_lr / (1.0 - std::pow(m_b1, double(t))));
+    const Scalar bc2_sqrt = Scalar(std::sqrt(1.0 - std::pow(m_b2, double(t))));
+    auto m = m_state.first.array();
+    auto v = m_state.second.array();
+    auto p = params.array();
+    if constexpr (Decoupled) {
+      if (m_wd != 0) p *= Scalar(1) - Scalar(m_lr) * wd;
+      m = b1 * m + (Scalar(1) - b1) * grads.array();
+      v = b2 * v + (Scalar(1) - b2) * grads.array().square();
+    } else if (m_wd != 0) {
+      m = b1 * m + (Scalar(1) - b1) * (grads.array() + wd * p);
+      v = b2 * v + (Scalar(1) - b2) * (grads.array() + wd * p).square();
+    } else {
+      m = b1 * m + (Scalar(1) - b1) * grads.array();
+      v = b2 * v + (Scalar(1) - b2) * grads.array().square();
+    }
+    p -= step_size * m / (v.sqrt() / bc2_sqrt + eps);
+  }
+
+  void reset() { m_state = state_type{}; }
+  const state_type& state() const { return m_state; }
+  void set_state(const state_type& s) { m_state = s; }
+  double learning_rate() const { return m_lr; }
+  void set_learning_rate(double lr) { m_lr = lr; }
+
+private:
+  double m_lr, m_b1, m_b2, m_eps, m_wd;
+  state_type m_state;
+};
+
+template <class Scalar = float> using Adam = AdamBase<Scalar, false>;
+template <class Scalar = float> using AdamW = AdamBase<Scalar, true>;
+
+}  // namespace fedmoe
