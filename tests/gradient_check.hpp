@@ -5,7 +5,7 @@
 //     n[i] = (f(theta + h e_i) - f(theta - h e_i)) / (2 h)
 // and returns the relative error over the vector, as mlpack's CheckGradient does:
 //     ||a - n||_2 / (||a||_2 + ||n||_2)      (0 when both vanish).
-// Bounds: double, h = 1e-6, error <= 1e-6. float, h = 1e-3, error <= 2e-2: f itself is then
+// Bounds: double, h = 1e-6, error <= 1e-6. float, h = 1e-3, error <= 5e-2: f itself is then
 // computed in float, whose rounding (~6e-8 relative) divided by h dominates the difference.
 #include <algorithm>
 #include <cmath>
@@ -25,7 +25,7 @@ struct GradTolerance<double> {
 template <>
 struct GradTolerance<float> {
   static constexpr double step = 1e-3;
-  static constexpr double max_rel_error = 2e-2;
+  static constexpr double max_rel_error = 5e-2;
 };
 
 /// Relative error between `analytic` and the central differences of f at theta.

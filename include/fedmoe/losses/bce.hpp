@@ -21,12 +21,13 @@ struct BinaryCrossEntropy {
   Scalar value(const Out& p, const Matrix<Scalar>& t) const {
     detail::check_same_shape("BinaryCrossEntropy", p, t);
     Scalar total = 0;
-    for (Index i = 0; i < p.size(); ++i) {
-      const Scalar pi = p.data()[i], ti = t.data()[i];
-      FEDMOE_CHECK(pi >= 0 && pi <= 1, "BinaryCrossEntropy: expected probabilities in [0, 1], got ", pi,
-                   " at element ", i);
-      total -= ti * clamped_log(pi) + (1 - ti) * clamped_log(1 - pi);
-    }
+    for (Index j = 0; j < p.cols(); ++j)
+      for (Index i = 0; i < p.rows(); ++i) {
+        const Scalar pi = p(i, j), ti = t(i, j);
+        FEDMOE_CHECK(pi >= 0 && pi <= 1, "BinaryCrossEntropy: expected probabilities in [0, 1], got ", pi,
+                     " at (", i, ", ", j, ")");
+        total -= ti * clamped_log(pi) + (1 - ti) * clamped_log(1 - pi);
+      }
     return total / Scalar(p.size());
   }
 
@@ -35,10 +36,9 @@ struct BinaryCrossEntropy {
     const Scalar v = value(p, t);
     grad.resize(p.rows(), p.cols());
     constexpr Scalar tiny = Scalar(1e-12);
-    for (Index i = 0; i < p.size(); ++i) {
-      const Scalar pi = p.data()[i], ti = t.data()[i];
-      grad.data()[i] = (pi - ti) / std::max(pi * (1 - pi), tiny) / Scalar(p.size());
-    }
+    for (Index j = 0; j < p.cols(); ++j)
+      for (Index i = 0; i < p.rows(); ++i)
+        grad(i, j) = (p(i, j) - t(i, j)) / std::max(p(i, j) * (1 - p(i, j)), tiny) / Scalar(p.size());
     return v;
   }
 
