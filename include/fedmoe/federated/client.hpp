@@ -1,0 +1,71 @@
+#pragma once
+/// @file client.hpp
+/// @brief Client: a federation member's data (indices into shared datasets) and its
+/// side of the protocol.
+///
+/// A client talks to the server only through a Transport: it reads the broadcast global
+/// parameters, and - only if it has not opted out - uploads a locally trained copy of them.
+/// An opted-out client may download the global model but never sends anything
+/// (participate() and report_validation() refuse). The client's specialist and gate are
+/// not members here: they are created and kept by personalisation (federated/personalize.hpp)
+/// and no function of this header or the transport accepts them.
+#include <cstdint>
+
+#include "../data/partition.hpp"
+#include "../optimizers/adam.hpp"
+#include "../training/trainer.hpp"
+#include "transport.hpp"
+
+namespace fedmoe {
+
+/// Local-training settings of a FedAvg participant (paper: 3 epochs, batch 10, Adam).
+struct LocalUpdateConfig {
+  int epochs = 3;
+  Index batch_size = 10;
+  double lr = 1e-3;
+};
+
+template <class Scalar = float>
+class Client {
+public:
+  Client(std::int64_t id, const Dataset<Scalar>& train_data, ClientSplit split, bool opt_out)
+      : m_id(id), m_data(&train_data), m_split(std::move(split)), m_opt_out(opt_out) {
+    FEDMOE_CHECK(!m_split.train.empty(), "Client ", id, ": expected training samples, got 0");
+  }
+  Client(std::int64_t, const Dataset<Scalar>&&, ClientSplit, bool) = delete;
+
+  std::int64_t id() const { return m_id; }
+  bool opted_out() const { return m_opt_out; }
+  const ClientSplit& split() const { return m_split; }
+  const Dataset<Scalar>& train_data() const { return *m_data; }
+
+  /// FedAvg participation: trains `workspace` (any model of the global architecture) from the
+  /// broadcast global parameters with a fresh Adam, and uploads the result with the sample count.
+  template <Model M, Transport<Scalar> T>
+  void participate(T& transport, M& workspace, const LocalUpdateConfig& config, Rng& rng) const {
+    FEDMOE_CHECK(!m_opt_out, "Client ", m_id, " opted out of the federation: it never sends updates");
+    workspace.parameters() = transport.global();
+    Adam<Scalar> opt(config.lr);
+    Batcher<Scalar> batcher(*m_data, m_split.train, config.batch_size);
+    for (int e = 0; e < config.epochs; ++e) train_epoch(workspace, opt, batcher, rng);
+    transport.upload(ClientUpdate<Scalar>{m_id, workspace.parameters(), Index(m_split.train.size())});
+  }
+
+  /// Reports the broadcast global model's validation loss on this client's validation set.
+  template <Model M, Transport<Scalar> T>
+  void report_validation(T& transport, M& workspace) const {
+    FEDMOE_CHECK(!m_opt_out, "Client ", m_id, " opted out of the federation: it never sends reports");
+    if (m_split.val.empty()) return;
+    workspace.parameters() = transport.global();
+    const EvalResult r = evaluate(workspace, *m_data, m_split.val);
+    transport.report(ValidationReport{m_id, r.loss * double(r.samples), r.samples});
+  }
+
+private:
+  std::int64_t m_id;
+  const Dataset<Scalar>* m_data;
+  ClientSplit m_split;
+  bool m_opt_out;
+};
+
+}  // namespace fedmoe
