@@ -47,7 +47,7 @@ struct Options {
   int patience = 5;
   int local_epochs = 3;
   Index batch = 10;
-  double lr_fedavg = 1e-3, lr_specialist = 1e-3, lr_finetune = 1e-4, lr_mixture = 1e-3;
+  double lr_fedavg = 1e-3, lr_specialist = 1e-3, lr_finetune = 1e-4, lr_gate = 1e-3, lr_expert = 0;
   int max_epochs = 500, epoch_check = 5, epoch_patience = 10;
   std::string expert_init = "finetuned";
   Index global_test = 0;  // 0: the full test split
@@ -162,7 +162,8 @@ Setting run_setting(const Options& o, const Dataset<float>& train, const Dataset
   pc.fit = {o.max_epochs, o.epoch_check, o.epoch_patience, o.batch};
   pc.lr_specialist = o.lr_specialist;
   pc.lr_finetune = o.lr_finetune;
-  pc.lr_mixture = o.lr_mixture;
+  pc.lr_gate = o.lr_gate;
+  pc.lr_expert = o.lr_expert;
   pc.expert_init = o.expert_init == "scratch" ? ExpertInit::scratch : ExpertInit::finetuned;
   pc.seed = o.seed;
   M global_copy = model;
@@ -250,7 +251,7 @@ void write_json(const std::string& path, const Options& o, const std::vector<Row
     << ", \"check_every\": " << o.check_every << ", \"patience\": " << o.patience
     << ", \"local_epochs\": " << o.local_epochs << ", \"batch\": " << o.batch << ", \"lr_fedavg\": " << o.lr_fedavg
     << ", \"lr_specialist\": " << o.lr_specialist << ", \"lr_finetune\": " << o.lr_finetune
-    << ", \"lr_mixture\": " << o.lr_mixture << ", \"max_epochs\": " << o.max_epochs
+    << ", \"lr_gate\": " << o.lr_gate << ", \"lr_expert\": " << o.lr_expert << ", \"max_epochs\": " << o.max_epochs
     << ", \"epoch_check\": " << o.epoch_check << ", \"epoch_patience\": " << o.epoch_patience
     << ", \"expert_init\": \"" << o.expert_init << "\", \"global_test\": " << o.global_test
     << ", \"seed\": " << o.seed << ", \"threads\": " << o.threads << ", \"dropout\": " << o.dropout << "},\n";
@@ -426,7 +427,10 @@ int main(int argc, char** argv) {
   app.add_option("--lr-fedavg", o.lr_fedavg, "Adam learning rate of FedAvg clients")->check(CLI::PositiveNumber);
   app.add_option("--lr-specialist", o.lr_specialist, "Adam learning rate of the specialist")->check(CLI::PositiveNumber);
   app.add_option("--lr-finetune", o.lr_finetune, "Adam learning rate of fine-tuning")->check(CLI::PositiveNumber);
-  app.add_option("--lr-mixture", o.lr_mixture, "Adam learning rate of the mixture")->check(CLI::PositiveNumber);
+  app.add_option("--lr-gate", o.lr_gate, "Adam learning rate of the mixture's gate")->check(CLI::PositiveNumber);
+  app.add_option("--lr-expert", o.lr_expert,
+                 "Adam learning rate of the mixture's specialist expert (0: --lr-finetune or --lr-specialist)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-epochs", o.max_epochs, "cap on local epochs (specialist, fine-tuning, mixture)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--epoch-check", o.epoch_check, "local validation every N epochs")->check(CLI::PositiveNumber);

@@ -3,7 +3,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include <fedmoe/fedmoe.hpp>
+#include <fedmoe/losses/cross_entropy.hpp>
+#include <fedmoe/models/paper.hpp>
+#include <fedmoe/optimizers/adam.hpp>
 
 namespace {
 [[noreturn]] void on_error(const char* message) {

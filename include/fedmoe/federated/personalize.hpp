@@ -26,7 +26,8 @@ struct PersonalizeConfig {
   FitConfig fit{};                ///< paper: up to 500 epochs, check every 5, patience 10
   double lr_specialist = 1e-3;
   double lr_finetune = 1e-4;
-  double lr_mixture = 1e-3;
+  double lr_gate = 1e-3;           ///< the mixture's gate
+  double lr_expert = 0;            ///< the mixture's specialist expert; 0: lr_finetune or lr_specialist by expert_init
   ExpertInit expert_init = ExpertInit::finetuned;
   std::uint64_t seed = 1;
 };
@@ -72,11 +73,13 @@ double mixture_loss(Mix& mix, const Dataset<S>& data, std::span<const Index> idx
 }  // namespace detail
 
 /// Trains the mixture (gate + specialist expert; global frozen) on train with early stopping on val.
+/// The gate and the expert have their own Adam (and learning rate).
 template <class Mix>
 FitResult fit_mixture(Mix& mix, const Dataset<typename Mix::scalar_type>& data, std::span<const Index> train,
-                      std::span<const Index> val, const FitConfig& config, double lr, Rng& rng) {
+                      std::span<const Index> val, const FitConfig& config, double lr_gate, double lr_expert,
+                      Rng& rng) {
   using S = typename Mix::scalar_type;
-  Adam<S> gate_opt(lr), spec_opt(lr);
+  Adam<S> gate_opt(lr_gate), spec_opt(lr_expert);
   Batcher<S> batcher(data, train, config.batch_size);
   auto epoch = [&] {
     batcher.shuffle(rng);
@@ -142,7 +145,10 @@ ClientResult personalize(const Client<S>& client, const M& global_model, M& expe
   gate.init(rng);
   if (config.expert_init == ExpertInit::scratch) expert.init(rng);
   Mixture mix(gate, expert, global);
-  r.fits[2] = fit_mixture(mix, train_data, split.train, split.val, config.fit, config.lr_mixture, rng);
+  const double lr_expert = config.lr_expert > 0                              ? config.lr_expert
+                           : config.expert_init == ExpertInit::finetuned ? config.lr_finetune
+                                                                         : config.lr_specialist;
+  r.fits[2] = fit_mixture(mix, train_data, split.train, split.val, config.fit, config.lr_gate, lr_expert, rng);
   std::tie(r.local_acc[3], r.mean_gate_local) = detail::mixture_accuracy(mix, test_data, std::span(split.test));
   std::tie(r.global_acc[3], r.mean_gate_global) = detail::mixture_accuracy(mix, test_data, global_test_idx);
   return r;
