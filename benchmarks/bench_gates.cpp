@@ -1,0 +1,335 @@
+// Gate kernels: fedmoe's gates vs. plain reference loops, plus a memory-copy bandwidth benchmark.
+//
+// Case names (shared with bench_gates_torch): <gate>/<fwd|fwd_bwd>/t<T>/e<E>/w<W>/k<k>; the plain
+// reference implementation of the same gate runs as ref/<name> (tokens <= 4096 only, to keep the
+// sweep affordable). items/s counts tokens; bytes/s the compulsory x/dx traffic (bytes_per_token).
+// Counter allocs_per_iter counts malloc calls inside the timed loop (glibc; it must read 0).
+// memcpy/<MiB>MiB: bytes/s = read + written bytes (2 x the copied size), the machine's bandwidth.
+//
+// Full sweep:  fedmoe_bench_gates
+// CI smoke:    fedmoe_bench_gates --benchmark_filter='(t16/e8/w64|memcpy/16MiB)' --benchmark_min_time=0.01
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <numeric>
+
+#include <fedmoe/moe/expert_choice_gate.hpp>
+#include <fedmoe/moe/noisy_top_k_gate.hpp>
+#include <fedmoe/moe/softmax_gate.hpp>
+#include <fedmoe/moe/switch_gate.hpp>
+#include <fedmoe/moe/top2_gate.hpp>
+
+#include "bench_gates.hpp"
+
+// ---- malloc counting (glibc symbol interposition): every operator new and Eigen allocation ends here.
+namespace {
+std::atomic<long> g_mallocs{0};
+}
+#if defined(__GLIBC__)
+extern "C" void* __libc_malloc(std::size_t);
+extern "C" void* malloc(std::size_t n) {
+  g_mallocs.fetch_add(1, std::memory_order_relaxed);
+  return __libc_malloc(n);
+}
+#endif
+
+using namespace fedmoe;
+using fedmoe::bench::GateCase;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Plain reference implementations: straightforward loops over std::vector, allocating per call.
+// Layout as fedmoe: x[t * W + i], W_g[e * W + i] (PyTorch [E, W] row-major), then b[e].
+// The reference backward differentiates the combine weights, the balance loss and the z-loss;
+// it omits the noisy gate's importance/load terms (O(E T) work, negligible next to O(W E T)).
+namespace ref {
+struct Linear {
+  Index w, e;
+  void forward(const float* p, const float* x, Index t, std::vector<float>& l) const {
+    l.assign(static_cast<std::size_t>(e * t), 0.f);
+    for (Index j = 0; j < t; ++j)
+      for (Index a = 0; a < e; ++a) {
+        float s = p[w * e + a];
+        for (Index i = 0; i < w; ++i) s += p[a * w + i] * x[j * w + i];
+        l[j * e + a] = s;
+      }
+  }
+  void backward(const float* p, const float* x, Index t, const std::vector<float>& dl, float* g,
+                std::vector<float>& dx) const {
+    for (Index a = 0; a < e * w + e; ++a) g[a] = 0;
+    for (Index j = 0; j < t; ++j)
+      for (Index a = 0; a < e; ++a) {
+        for (Index i = 0; i < w; ++i) g[a * w + i] += dl[j * e + a] * x[j * w + i];
+        g[w * e + a] += dl[j * e + a];
+      }
+    for (Index j = 0; j < t; ++j)
+      for (Index i = 0; i < w; ++i) {
+        float s = 0;
+        for (Index a = 0; a < e; ++a) s += p[a * w + i] * dl[j * e + a];
+        dx[j * w + i] += s;
+      }
+  }
+};
+
+struct Gate {
+  Gate(std::string kind_, Index w_, Index e_, Index k_) : kind(std::move(kind_)), w(w_), e(e_), k(k_) {}
+  std::string kind;
+  Index w, e, k;
+  double factor = bench::capacity_factor;
+  std::vector<float> params, grads, dx;
+  // state of the last forward
+  Index t = 0, cap = 0;
+  std::vector<float> logits, probs, lse, weights, eps, nlog, h;
+  std::vector<int> idx;  // slots x tokens, -1 empty
+  std::vector<int> count;
+  float balance = 0, z = 0;
+
+  Index slots() const {
+    if (kind == "softmax_gate" || kind == "expert_choice_gate") return e;
+    if (kind == "noisy_top_k_gate") return k;
+    return kind == "top2_gate" ? 2 : 1;
+  }
+
+  void forward(const float* x, Index tokens, Rng& rng) {
+    t = tokens;
+    const Linear lin{w, e};
+    lin.forward(params.data(), x, t, logits);
+    probs.assign(static_cast<std::size_t>(e * t), 0.f);
+    lse.assign(static_cast<std::size_t>(t), 0.f);
+    z = 0;
+    for (Index j = 0; j < t; ++j) {
+      float m = -INFINITY, s = 0;
+      for (Index a = 0; a < e; ++a) m = std::max(m, logits[j * e + a]);
+      for (Index a = 0; a < e; ++a) s += std::exp(logits[j * e + a] - m);
+      for (Index a = 0; a < e; ++a) probs[j * e + a] = std::exp(logits[j * e + a] - m) / s;
+      lse[j] = m + std::log(s);
+      z += lse[j] * lse[j] / float(t);
+    }
+    const Index sl = slots();
+    weights.assign(static_cast<std::size_t>(sl * t), 0.f);
+    idx.assign(static_cast<std::size_t>(sl * t), -1);
+    count.assign(static_cast<std::size_t>(e), 0);
+    if (kind == "softmax_gate") {
+      for (Index j = 0; j < t; ++j)
+        for (Index a = 0; a < e; ++a) weights[j * e + a] = probs[j * e + a], idx[j * e + a] = int(a);
+    } else if (kind == "noisy_top_k_gate") {
+      lin.forward(params.data() + (w * e + e), x, t, nlog);
+      eps.resize(static_cast<std::size_t>(e * t));
+      h.resize(static_cast<std::size_t>(e * t));
+      for (Index q = 0; q < e * t; ++q) {
+        eps[q] = static_cast<float>(rng.normal());
+        h[q] = logits[q] + eps[q] * std::log1p(std::exp(nlog[q]));
+      }
+      for (Index j = 0; j < t; ++j) {
+        std::vector<bool> taken(static_cast<std::size_t>(e), false);
+        for (Index s = 0; s < k; ++s) {  // repeated argmax
+          Index best = -1;
+          for (Index a = 0; a < e; ++a)
+            if (!taken[a] && (best < 0 || h[j * e + a] > h[j * e + best])) best = a;
+          taken[best] = true;
+          idx[j * k + s] = int(best);
+        }
+        float m = h[j * e + idx[j * k]], sum = 0;
+        for (Index s = 0; s < k; ++s) sum += std::exp(h[j * e + idx[j * k + s]] - m);
+        for (Index s = 0; s < k; ++s) weights[j * k + s] = std::exp(h[j * e + idx[j * k + s]] - m) / sum;
+      }
+    } else if (kind == "switch_gate" || kind == "top2_gate") {
+      const Index choices = kind == "switch_gate" ? 1 : 2;
+      cap = std::max<Index>(1, Index(std::ceil(double(choices * t) * factor / double(e) - 1e-9)));
+      std::vector<int> choice(static_cast<std::size_t>(choices * t));
+      for (Index j = 0; j < t; ++j) {
+        Index b1 = 0;
+        for (Index a = 1; a < e; ++a)
+          if (probs[j * e + a] > probs[j * e + b1]) b1 = a;
+        choice[j * choices] = int(b1);
+        if (choices == 2) {
+          Index b2 = -1;
+          for (Index a = 0; a < e; ++a)
+            if (a != b1 && (b2 < 0 || probs[j * e + a] > probs[j * e + b2])) b2 = a;
+          choice[j * 2 + 1] = int(b2);
+        }
+      }
+      std::vector<int> fill(static_cast<std::size_t>(e), 0);
+      for (Index s = 0; s < choices; ++s)
+        for (Index j = 0; j < t; ++j) {
+          const int c = choice[j * choices + s];
+          if (s == 0) ++count[c];
+          if (fill[c]++ < cap) idx[j * choices + s] = c;
+        }
+      for (Index j = 0; j < t; ++j) {
+        float d = 0;
+        for (Index s = 0; s < choices; ++s)
+          if (idx[j * choices + s] >= 0) d += probs[j * e + idx[j * choices + s]];
+        for (Index s = 0; s < choices; ++s)
+          if (idx[j * choices + s] >= 0)
+            weights[j * choices + s] = choices == 1 ? probs[j * e + idx[j]] : probs[j * e + idx[j * choices + s]] / d;
+      }
+      balance = 0;
+      for (Index a = 0; a < e; ++a) {
+        float mp = 0;
+        for (Index j = 0; j < t; ++j) mp += probs[j * e + a] / float(t);
+        balance += float(e) * float(count[a]) / float(t) * mp;
+      }
+    } else {  // expert choice
+      cap = std::min(t, std::max<Index>(1, Index(std::ceil(double(t) * factor / double(e) - 1e-9))));
+      for (Index a = 0; a < e; ++a) {
+        std::vector<int> order(static_cast<std::size_t>(t));
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int u, int v) { return probs[u * e + a] > probs[v * e + a]; });
+        for (Index q = 0; q < cap; ++q) {
+          idx[order[q] * e + a] = int(a);
+          weights[order[q] * e + a] = probs[order[q] * e + a];
+        }
+      }
+    }
+  }
+
+  void backward(const float* x, const std::vector<float>& dw, float wb, float wz) {
+    const Linear lin{w, e};
+    const Index sl = slots();
+    std::vector<float> dp(static_cast<std::size_t>(e * t), 0.f), dl(static_cast<std::size_t>(e * t), 0.f);
+    dx.assign(static_cast<std::size_t>(w * t), 0.f);
+    if (kind == "noisy_top_k_gate") {
+      std::vector<float> dh(static_cast<std::size_t>(e * t), 0.f), dn(static_cast<std::size_t>(e * t), 0.f);
+      for (Index j = 0; j < t; ++j) {
+        float dot = 0;
+        for (Index s = 0; s < k; ++s) dot += weights[j * k + s] * dw[j * k + s];
+        for (Index s = 0; s < k; ++s) dh[j * e + idx[j * k + s]] += weights[j * k + s] * (dw[j * k + s] - dot);
+      }
+      for (Index q = 0; q < e * t; ++q) {
+        dl[q] = dh[q] + wz * 2 * lse[q / e] * probs[q] / float(t);
+        dn[q] = dh[q] * eps[q] / (1 + std::exp(-nlog[q]));
+      }
+      lin.backward(params.data(), x, t, dl, grads.data(), dx);
+      lin.backward(params.data() + (w * e + e), x, t, dn, grads.data() + (w * e + e), dx);
+      return;
+    }
+    for (Index j = 0; j < t; ++j) {
+      for (Index a = 0; a < e; ++a) dp[j * e + a] = wb * float(e) * float(count[a]) / float(t) / float(t);
+      if (kind == "top2_gate") {
+        float d = 0, dot = 0;
+        for (Index s = 0; s < 2; ++s)
+          if (idx[j * 2 + s] >= 0) d += probs[j * e + idx[j * 2 + s]], dot += weights[j * 2 + s] * dw[j * 2 + s];
+        for (Index s = 0; s < 2; ++s)
+          if (idx[j * 2 + s] >= 0) dp[j * e + idx[j * 2 + s]] += (dw[j * 2 + s] - dot) / d;
+      } else {
+        for (Index s = 0; s < sl; ++s)
+          if (idx[j * sl + s] >= 0) dp[j * e + idx[j * sl + s]] += dw[j * sl + s];
+      }
+      float dot = 0;
+      for (Index a = 0; a < e; ++a) dot += probs[j * e + a] * dp[j * e + a];
+      for (Index a = 0; a < e; ++a)
+        dl[j * e + a] = probs[j * e + a] * (dp[j * e + a] - dot) + wz * 2 * lse[j] * probs[j * e + a] / float(t);
+    }
+    lin.backward(params.data(), x, t, dl, grads.data(), dx);
+  }
+};
+}  // namespace ref
+
+std::vector<float> make_params(Index n, Index width) {
+  std::vector<float> p = bench::uniform_data(n, bench::param_seed);
+  const float scale = 1.f / std::sqrt(float(width));
+  for (auto& v : p) v *= scale;
+  return p;
+}
+
+template <class G>
+void run_fedmoe(benchmark::State& st, const GateCase& c, G gate) {
+  const std::vector<float> xv = bench::uniform_data(c.width * c.tokens, bench::x_seed);
+  const Matrix<float> x = ConstMatrixMap<float>(xv.data(), c.width, c.tokens);
+  const std::vector<float> p = make_params(gate.num_params(), c.width);
+  gate.parameters() = ConstVectorMap<float>(p.data(), gate.num_params());
+  AuxWeights<float> aux;
+  aux.importance = aux.load = aux.balance = bench::aux_weight;
+  aux.z = bench::z_weight;
+  Rng noise(bench::x_seed + 1);
+  const Routing<float>& r0 = gate.forward(x, Mode::train, noise);
+  const std::vector<float> dwv = bench::uniform_data(r0.slots * c.tokens, bench::grad_seed);
+  const Matrix<float> dw = ConstMatrixMap<float>(dwv.data(), r0.slots, c.tokens);
+  if (c.backward) gate.backward(x, dw, aux);  // sizes every workspace
+  const long before = g_mallocs.load();
+  for (auto _ : st) {
+    const Routing<float>& r = gate.forward(x, Mode::train, noise);
+    benchmark::DoNotOptimize(r.weights.data());
+    if (c.backward) {
+      const Matrix<float>& dx = gate.backward(x, dw, aux);
+      benchmark::DoNotOptimize(dx.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  st.counters["allocs_per_iter"] = double(g_mallocs.load() - before) / double(std::max<benchmark::IterationCount>(1, st.iterations()));
+  st.counters["bytes_per_token"] = c.bytes_per_token();
+  st.SetItemsProcessed(st.iterations() * c.tokens);
+  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+}
+
+void run_reference(benchmark::State& st, const GateCase& c) {
+  ref::Gate g(c.gate, c.width, c.experts, c.k);
+  const Index np = (c.width * c.experts + c.experts) * (c.gate == "noisy_top_k_gate" ? 2 : 1);
+  g.params = make_params(np, c.width);
+  g.grads.assign(static_cast<std::size_t>(np), 0.f);
+  const std::vector<float> x = bench::uniform_data(c.width * c.tokens, bench::x_seed);
+  Rng noise(bench::x_seed + 1);
+  g.forward(x.data(), c.tokens, noise);
+  const std::vector<float> dw = bench::uniform_data(g.slots() * c.tokens, bench::grad_seed);
+  for (auto _ : st) {
+    g.forward(x.data(), c.tokens, noise);
+    benchmark::DoNotOptimize(g.weights.data());
+    if (c.backward) {
+      g.backward(x.data(), dw, bench::aux_weight, bench::z_weight);
+      benchmark::DoNotOptimize(g.dx.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  st.counters["bytes_per_token"] = c.bytes_per_token();
+  st.SetItemsProcessed(st.iterations() * c.tokens);
+  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+}
+
+void run_case(benchmark::State& st, const GateCase& c) {
+  if (c.gate == "softmax_gate") return run_fedmoe(st, c, SoftmaxGate<float>(c.width, c.experts));
+  if (c.gate == "noisy_top_k_gate") return run_fedmoe(st, c, NoisyTopKGate<float>(c.width, c.experts, c.k));
+  if (c.gate == "switch_gate") return run_fedmoe(st, c, SwitchGate<float>(c.width, c.experts, bench::capacity_factor));
+  if (c.gate == "top2_gate") return run_fedmoe(st, c, Top2Gate<float>(c.width, c.experts, bench::capacity_factor));
+  return run_fedmoe(st, c, ExpertChoiceGate<float>(c.width, c.experts, bench::capacity_factor));
+}
+
+/// Copies `bytes` between two buffers: bytes/s counts read + written bytes.
+void bench_memcpy(benchmark::State& st, int mib) {
+  const auto n = static_cast<std::size_t>(mib) << 20;
+  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
+  std::memset(a.get(), 1, n);
+  std::memset(b.get(), 2, n);
+  for (auto _ : st) {
+    std::memcpy(b.get(), a.get(), n);
+    benchmark::DoNotOptimize(b.get());
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(2 * n));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const GateCase& c : bench::all_cases()) {
+    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
+        ->Unit(benchmark::kMicrosecond);
+    if (c.tokens <= 4096)
+      benchmark::RegisterBenchmark(("ref/" + c.name()).c_str(), [c](benchmark::State& st) { run_reference(st, c); })
+          ->Unit(benchmark::kMicrosecond);
+  }
+  for (int mib : {16, 256})
+    benchmark::RegisterBenchmark(("memcpy/" + std::to_string(mib) + "MiB").c_str(),
+                                 [mib](benchmark::State& st) { bench_memcpy(st, mib); })
+        ->Unit(benchmark::kMicrosecond);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

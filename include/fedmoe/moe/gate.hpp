@@ -1,0 +1,319 @@
+#pragma once
+/// @file gate.hpp
+/// @brief The Gate concept, the routing result every gate returns, and the kernels gates share.
+///
+/// **Layout.** Tokens are columns: x is (width x tokens), column-major, as everywhere in fedmoe.
+/// A linear gate's parameters are one contiguous Vector laid out like a Dense layer:
+/// W_g as PyTorch stores it ([experts, width] row-major, which Eigen reads as the column-major
+/// width x experts matrix W_g^T), then the bias b [experts]. Logits are l = W_g x + b (experts x tokens).
+///
+/// **Routing result (compact).** A gate routes each token to `slots` (expert, weight) pairs:
+/// `weights` and `indices` are (slots x tokens). Slot j of token t sends the token to expert
+/// indices(j, t) with combine weight weights(j, t); an index of -1 marks an empty slot (a choice
+/// dropped by the capacity limit, or an expert that did not choose the token) and its weight is 0.
+/// The compact form is used because the mixture layer, the backward pass and every sparse gate
+/// touch only the selected pairs: k x tokens instead of experts x tokens. Slots per gate:
+/// dense softmax: slots = experts (slot e is expert e); noisy top-k: k (descending by gate value);
+/// switch: 1; top-2: 2 (first, second choice); expert choice: experts (slot e is expert e).
+/// The dispatch lists group the non-empty (token, slot) pairs by expert, in token order:
+/// expert e receives tokens dispatch_tokens[expert_offsets[e] .. expert_offsets[e+1]).
+///
+/// **Gradients.** Selection (top-k, argmax, capacity dropping, expert choice) is piecewise
+/// constant and is treated as non-differentiable, as in the literature: backward differentiates
+/// the combine weights and the auxiliary losses with the selection held fixed. Every gate offers
+/// `freeze_selection(true)`: later forwards then reuse the previous selection (and capacity drops)
+/// and only recompute the weights, which is exactly the function whose gradient backward returns.
+///
+/// **Backward.** `backward(x, d_weights, aux_weights, input_grad)` takes dL/d(weights)
+/// (slots x tokens, entries of empty slots are ignored) and the weights of the auxiliary losses
+/// in the total objective L_total = L(weights) + sum_a aux_weights.a * aux.a; it overwrites
+/// gradients() with dL_total/dparams and returns dL_total/dx when input_grad is true.
+///
+/// **Allocation.** Workspaces are sized on the first call with a given (tokens, experts) and reused:
+/// steady-state calls with a fixed token count do not allocate.
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <limits>
+
+#include "../core/error.hpp"
+#include "../core/rng.hpp"
+#include "../core/tensor.hpp"
+
+namespace fedmoe {
+
+using IndexMatrix = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>;
+using IndexVector = Eigen::Matrix<std::int32_t, Eigen::Dynamic, 1>;
+
+/// Auxiliary loss values of one forward pass (0 when a gate does not define the loss).
+template <class Scalar>
+struct AuxLosses {
+  Scalar importance = 0;  ///< noisy top-k: CV^2 of the per-expert sum of gate values (Shazeer et al. 2017)
+  Scalar load = 0;        ///< noisy top-k: CV^2 of the smooth per-expert load estimate (Shazeer et al. 2017)
+  Scalar balance = 0;     ///< switch / top-2: E * sum_e fraction_e * mean_prob_e (Fedus et al. 2021; GShard)
+  Scalar z = 0;           ///< router z-loss: mean_t (logsumexp_e l_et)^2 (Zoph et al. 2022)
+};
+
+/// Weights of the auxiliary losses in the objective that backward differentiates.
+template <class Scalar>
+struct AuxWeights {
+  Scalar importance = 0;
+  Scalar load = 0;
+  Scalar balance = 0;
+  Scalar z = 0;
+};
+
+/// What a gate's forward returns: combine weights, selected experts, dispatch lists, capacity, aux losses.
+template <class Scalar>
+struct Routing {
+  Index experts = 0;   ///< E
+  Index tokens = 0;    ///< T
+  Index slots = 0;     ///< rows of weights / indices
+  Index capacity = 0;  ///< max tokens an expert accepts (tokens * slots when uncapped)
+  Index dropped = 0;   ///< (token, choice) pairs dropped by the capacity limit
+  Matrix<Scalar> weights;       ///< slots x tokens combine weights, 0 in empty slots
+  IndexMatrix indices;          ///< slots x tokens expert ids, -1 in empty slots
+  IndexVector expert_offsets;   ///< experts + 1 offsets into the dispatch lists
+  IndexVector dispatch_tokens;  ///< token of each dispatched pair, grouped by expert, token order
+  IndexVector dispatch_slots;   ///< slot of each dispatched pair
+  AuxLosses<Scalar> aux;
+
+  /// Number of tokens sent to expert e.
+  Index expert_count(Index e) const { return expert_offsets[e + 1] - expert_offsets[e]; }
+
+  /// Sizes the matrices (no-op when unchanged).
+  void resize(Index e, Index t, Index s) {
+    experts = e;
+    tokens = t;
+    slots = s;
+    weights.resize(s, t);
+    indices.resize(s, t);
+    expert_offsets.resize(e + 1);
+    if (dispatch_tokens.size() < s * t) {
+      dispatch_tokens.resize(s * t);
+      dispatch_slots.resize(s * t);
+    }
+  }
+
+  /// Rebuilds the dispatch lists from `indices` (counting sort by expert, stable in token order).
+  void build_dispatch() {
+    expert_offsets.setZero();
+    const std::int32_t* idx = indices.data();
+    for (Index i = 0; i < indices.size(); ++i)
+      if (idx[i] >= 0) ++expert_offsets[idx[i] + 1];
+    for (Index e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
+    // Fill using expert_offsets[e] as a cursor, then shift back.
+    for (Index t = 0; t < tokens; ++t)
+      for (Index j = 0; j < slots; ++j) {
+        const std::int32_t e = indices(j, t);
+        if (e < 0) continue;
+        const std::int32_t pos = expert_offsets[e]++;
+        dispatch_tokens[pos] = static_cast<std::int32_t>(t);
+        dispatch_slots[pos] = static_cast<std::int32_t>(j);
+      }
+    for (Index e = experts; e > 0; --e) expert_offsets[e] = expert_offsets[e - 1];
+    expert_offsets[0] = 0;
+  }
+};
+
+/// What every gate provides (see the file comment for the meaning of each call).
+template <class G>
+concept Gate = requires(G g, const G cg, const Matrix<typename G::scalar_type>& x, Rng& rng,
+                        const AuxWeights<typename G::scalar_type>& aux) {
+  typename G::scalar_type;
+  { cg.num_params() } -> std::convertible_to<Index>;
+  { cg.input_size() } -> std::convertible_to<Index>;
+  { cg.experts() } -> std::convertible_to<Index>;
+  { cg.slots() } -> std::convertible_to<Index>;
+  { g.parameters() } -> std::same_as<Vector<typename G::scalar_type>&>;
+  { g.gradients() } -> std::same_as<Vector<typename G::scalar_type>&>;
+  g.init(rng);
+  g.freeze_selection(true);
+  { g.forward(x, Mode::train, rng) } -> std::same_as<const Routing<typename G::scalar_type>&>;
+  { cg.routing() } -> std::same_as<const Routing<typename G::scalar_type>&>;
+  { g.backward(x, x, aux, true) } -> std::same_as<const Matrix<typename G::scalar_type>&>;
+};
+
+namespace detail {
+
+template <class In>
+void check_gate_input(const char* who, Index width, const In& x) {
+  FEDMOE_CHECK(x.rows() == width, who, ": expected input with ", width, " rows (features per token), got ", x.rows());
+  FEDMOE_CHECK(x.cols() > 0, who, ": expected at least one token (column), got 0");
+}
+
+template <class DW>
+void check_gate_grad(const char* who, Index slots, Index tokens, const DW& dw) {
+  FEDMOE_CHECK(dw.rows() == slots && dw.cols() == tokens, who, ": expected d_weights of shape ", slots, "x", tokens,
+               " (slots x tokens of the last forward), got ", dw.rows(), "x", dw.cols());
+}
+
+inline void check_experts(const char* who, Index width, Index experts) {
+  FEDMOE_CHECK(width > 0, who, ": expected width > 0, got ", width);
+  FEDMOE_CHECK(experts > 0, who, ": expected experts > 0, got ", experts);
+}
+
+inline void check_capacity_factor(const char* who, double factor) {
+  FEDMOE_CHECK(factor > 0 && std::isfinite(factor), who, ": expected a finite capacity factor > 0, got ", factor);
+}
+
+/// ceil(numerator * factor / experts), at least 1 (factor > 0, numerator > 0).
+inline Index capacity(Index numerator, Index experts, double factor) {
+  const double c = std::ceil(static_cast<double>(numerator) * factor / static_cast<double>(experts) - 1e-9);
+  return std::max<Index>(1, static_cast<Index>(c));
+}
+
+/// A linear router's slice: W^T (width x experts, = PyTorch's [experts, width] row-major), then b.
+template <class Scalar>
+struct LinearRouter {
+  Index width = 0;
+  Index experts = 0;
+
+  Index num_params() const { return width * experts + experts; }
+
+  /// logits = W x + b.
+  template <class In>
+  void forward(const Scalar* p, const In& x, Matrix<Scalar>& logits) const {
+    ConstMatrixMap<Scalar> wt(p, width, experts);
+    logits.resize(experts, x.cols());
+    // Coefficient-based products: unlike Eigen's blocked GEMM they never allocate a packing buffer,
+    // and with experts << width they are as fast (one vectorised dot product per (expert, token)).
+    logits.noalias() = wt.transpose().lazyProduct(x);
+    logits.colwise() += ConstVectorMap<Scalar>(p + width * experts, experts);
+  }
+
+  /// grad = dL/d(W^T, b); dx (+)= W^T-side product W^T dlogits.
+  template <class In>
+  void backward(const Scalar* p, const In& x, const Matrix<Scalar>& dlogits, Scalar* g, Matrix<Scalar>* dx,
+                bool accumulate) const {
+    MatrixMap<Scalar> dwt(g, width, experts);
+    // dW^T = x dlogits^T as rank-1 updates per token (dW^T stays in L1; no GEMM packing buffer).
+    dwt.setZero();
+    for (Index j = 0; j < x.cols(); ++j)
+      for (Index e = 0; e < experts; ++e) dwt.col(e) += dlogits(e, j) * x.col(j);
+    VectorMap<Scalar>(g + width * experts, experts).noalias() = dlogits.rowwise().sum();
+    if (dx) {
+      ConstMatrixMap<Scalar> wt(p, width, experts);
+      if (accumulate) {
+        dx->noalias() += wt.lazyProduct(dlogits);
+      } else {
+        dx->resize(width, dlogits.cols());
+        dx->noalias() = wt.lazyProduct(dlogits);
+      }
+    }
+  }
+
+  /// PyTorch nn.Linear's default: U(-1/sqrt(width), 1/sqrt(width)) for weight and bias.
+  void init(Scalar* p, Rng& rng) const {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(width));
+    for (Index i = 0; i < num_params(); ++i) p[i] = rng.uniform<Scalar>(Scalar(-bound), Scalar(bound));
+  }
+};
+
+/// Squared coefficient of variation with the unbiased variance, as the reference implementations:
+/// cv2(v) = var(v) / (mean(v)^2 + 1e-10), var = sum (v - mean)^2 / (n - 1); 0 when n == 1.
+template <class Scalar>
+Scalar cv_squared(const Vector<Scalar>& v) {
+  const Index n = v.size();
+  if (n <= 1) return 0;
+  const double mean = v.template cast<double>().mean();
+  const double var = (v.template cast<double>().array() - mean).square().sum() / static_cast<double>(n - 1);
+  return static_cast<Scalar>(var / (mean * mean + 1e-10));
+}
+
+/// grad = d cv_squared(v) / dv (same length as v).
+template <class Scalar>
+void cv_squared_gradient(const Vector<Scalar>& v, Vector<Scalar>& grad) {
+  const Index n = v.size();
+  grad.resize(n);
+  if (n <= 1) {
+    grad.setZero();
+    return;
+  }
+  const double mean = v.template cast<double>().mean();
+  const double var = (v.template cast<double>().array() - mean).square().sum() / static_cast<double>(n - 1);
+  const double den = mean * mean + 1e-10;
+  for (Index i = 0; i < n; ++i) {
+    const double dvar = 2.0 * (double(v[i]) - mean) / static_cast<double>(n - 1);
+    grad[i] = static_cast<Scalar>(dvar / den - var * 2.0 * mean / (den * den) / static_cast<double>(n));
+  }
+}
+
+/// In-place column softmax of logits into probs; lse[t] = log-sum-exp of column t.
+template <class Scalar>
+void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
+  const Index e = logits.rows(), t = logits.cols();
+  probs.resize(e, t);
+  lse.resize(t);
+  for (Index j = 0; j < t; ++j) {
+    const Scalar* l = logits.data() + j * e;
+    Scalar* p = probs.data() + j * e;
+    Scalar m = l[0];
+    for (Index i = 1; i < e; ++i) m = std::max(m, l[i]);
+    Scalar s = 0;
+    for (Index i = 0; i < e; ++i) {
+      p[i] = std::exp(l[i] - m);
+      s += p[i];
+    }
+    const Scalar inv = Scalar(1) / s;
+    for (Index i = 0; i < e; ++i) p[i] *= inv;
+    lse[j] = m + std::log(s);
+  }
+}
+
+/// dlogits(:, t) = p ⊙ (dp - <p, dp>) + wz * 2 lse_t p / T (softmax backward plus the z-loss term).
+template <class Scalar, class DP>
+void softmax_backward_columns(const Matrix<Scalar>& probs, const DP& dprobs, const Vector<Scalar>& lse, Scalar wz,
+                              Matrix<Scalar>& dlogits) {
+  const Index e = probs.rows(), t = probs.cols();
+  dlogits.resize(e, t);
+  const Scalar zc = wz * Scalar(2) / static_cast<Scalar>(t);
+  for (Index j = 0; j < t; ++j) {
+    const Scalar* p = probs.data() + j * e;
+    Scalar* dl = dlogits.data() + j * e;
+    Scalar dot = 0;
+    for (Index i = 0; i < e; ++i) dot += p[i] * Scalar(dprobs(i, j));
+    const Scalar zt = zc * lse[j] - dot;
+    for (Index i = 0; i < e; ++i) dl[i] = p[i] * (Scalar(dprobs(i, j)) + zt);
+  }
+}
+
+/// Shared storage of the gates that own a parameter vector.
+template <class Scalar>
+class GateStorage {
+public:
+  Vector<Scalar>& parameters() { return m_params; }
+  const Vector<Scalar>& parameters() const { return m_params; }
+  Vector<Scalar>& gradients() { return m_grads; }
+  const Vector<Scalar>& gradients() const { return m_grads; }
+  Index num_params() const { return m_params.size(); }
+  /// The routing of the last forward.
+  const Routing<Scalar>& routing() const { return m_routing; }
+  /// When true, forward reuses the previous selection (see gate.hpp).
+  void freeze_selection(bool frozen) { m_frozen = frozen; }
+  bool selection_frozen() const { return m_frozen; }
+
+protected:
+  void allocate(Index n) {
+    m_params.setZero(n);
+    m_grads.setZero(n);
+  }
+  /// True when the frozen selection can be reused for T tokens; fails if the token count changed.
+  bool reuse_selection(const char* who, Index tokens) const {
+    if (!m_frozen || !m_has_selection) return false;
+    FEDMOE_CHECK(tokens == m_routing.tokens, who, ": the selection is frozen for ", m_routing.tokens,
+                 " tokens, got ", tokens);
+    return true;
+  }
+
+  Vector<Scalar> m_params, m_grads;
+  Routing<Scalar> m_routing;
+  Matrix<Scalar> m_dx;
+  bool m_frozen = false;
+  bool m_has_selection = false;
+};
+
+}  // namespace detail
+
+}  // namespace fedmoe

@@ -1,0 +1,218 @@
+#pragma once
+/// @file softmax_gate.hpp
+/// @brief Dense softmax gate over K experts, its K = 2 sigmoid form (the paper's gate), and a
+/// softmax gate whose trunk is any fedmoe Model.
+///
+/// SoftmaxGate: g_t = softmax(W x_t + b) over all E experts; slots = E, slot e is expert e.
+/// SigmoidGate: the paper's two-expert gate h(x) = sigmoid(w.x + b); weights (h, 1 - h) for
+/// experts (0, 1) = (specialist, global). It is the softmax gate with K = 2 and the second
+/// logit fixed to 0: softmax(z, 0) = (sigmoid(z), 1 - sigmoid(z)); its z-loss is that of (z, 0).
+/// ModelGate<M>: g_t = softmax(f(x_t)) where f is any Model with E outputs (e.g. the paper's
+/// convolutional gate trunk); its parameters are the model's.
+#include "../models/model.hpp"
+#include "gate.hpp"
+
+namespace fedmoe {
+
+template <class Scalar = float>
+class SoftmaxGate : public detail::GateStorage<Scalar> {
+public:
+  using scalar_type = Scalar;
+
+  SoftmaxGate(Index width, Index experts) : m_router{width, experts} {
+    detail::check_experts("SoftmaxGate", width, experts);
+    this->allocate(m_router.num_params());
+  }
+
+  Index input_size() const { return m_router.width; }
+  Index experts() const { return m_router.experts; }
+  Index slots() const { return m_router.experts; }
+  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
+
+  /// Routes the tokens x (width x T). Deterministic (no noise): mode and rng are unused.
+  template <class In>
+  const Routing<Scalar>& forward(const In& x, Mode = Mode::eval, Rng* = nullptr) {
+    detail::check_gate_input("SoftmaxGate::forward", input_size(), x);
+    auto& r = this->m_routing;
+    const Index e = experts(), t = x.cols();
+    const bool fresh = r.tokens != t || r.experts != e;
+    r.resize(e, t, e);
+    m_router.forward(this->m_params.data(), x, m_logits);
+    detail::softmax_columns(m_logits, r.weights, m_lse);
+    if (fresh) {  // selection is constant: every token to every expert
+      for (Index j = 0; j < t; ++j)
+        for (Index i = 0; i < e; ++i) r.indices(i, j) = static_cast<std::int32_t>(i);
+      r.build_dispatch();
+    }
+    r.capacity = t;
+    r.dropped = 0;
+    r.aux = {};
+    r.aux.z = static_cast<Scalar>(m_lse.squaredNorm() / static_cast<Scalar>(t));
+    this->m_has_selection = true;
+    return r;
+  }
+  template <class In>
+  const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) { return forward(x, mode, &rng); }
+
+  template <class In, class DW>
+  const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
+                                 bool input_grad = true) {
+    const auto& r = this->m_routing;
+    detail::check_gate_grad("SoftmaxGate::backward", r.slots, r.tokens, d_weights);
+    detail::check_gate_input("SoftmaxGate::backward", input_size(), x);
+    detail::softmax_backward_columns(r.weights, d_weights, m_lse, aux.z, m_dlogits);
+    m_router.backward(this->m_params.data(), x, m_dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
+                      false);
+    return this->m_dx;
+  }
+
+  /// The logits W x + b of the last forward.
+  const Matrix<Scalar>& logits() const { return m_logits; }
+
+private:
+  detail::LinearRouter<Scalar> m_router;
+  Matrix<Scalar> m_logits, m_dlogits;
+  Vector<Scalar> m_lse;
+};
+
+template <class Scalar = float>
+class SigmoidGate : public detail::GateStorage<Scalar> {
+public:
+  using scalar_type = Scalar;
+
+  /// h(x) = sigmoid(w.x + b): parameters w [1, width] then b [1] (a Dense(width, 1) slice).
+  explicit SigmoidGate(Index width) : m_router{width, 1} {
+    detail::check_experts("SigmoidGate", width, 1);
+    this->allocate(m_router.num_params());
+  }
+
+  Index input_size() const { return m_router.width; }
+  Index experts() const { return 2; }
+  Index slots() const { return 2; }
+  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
+
+  template <class In>
+  const Routing<Scalar>& forward(const In& x, Mode = Mode::eval, Rng* = nullptr) {
+    detail::check_gate_input("SigmoidGate::forward", input_size(), x);
+    auto& r = this->m_routing;
+    const Index t = x.cols();
+    const bool fresh = r.tokens != t || r.experts != 2;
+    r.resize(2, t, 2);
+    m_router.forward(this->m_params.data(), x, m_logits);
+    double z = 0;
+    for (Index j = 0; j < t; ++j) {
+      const Scalar l = m_logits(0, j);
+      const Scalar h = Scalar(1) / (Scalar(1) + std::exp(-l));
+      r.weights(0, j) = h;
+      r.weights(1, j) = Scalar(1) - h;
+      const double lse = std::max(double(l), 0.0) + std::log1p(std::exp(-std::abs(double(l))));  // softplus
+      z += lse * lse;
+    }
+    if (fresh) {
+      for (Index j = 0; j < t; ++j) {
+        r.indices(0, j) = 0;
+        r.indices(1, j) = 1;
+      }
+      r.build_dispatch();
+    }
+    r.capacity = t;
+    r.dropped = 0;
+    r.aux = {};
+    r.aux.z = static_cast<Scalar>(z / static_cast<double>(t));
+    this->m_has_selection = true;
+    return r;
+  }
+  template <class In>
+  const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) { return forward(x, mode, &rng); }
+
+  /// dz = h (1 - h) (dw_0 - dw_1) + wz * 2 softplus(z) h / T.
+  template <class In, class DW>
+  const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
+                                 bool input_grad = true) {
+    const auto& r = this->m_routing;
+    detail::check_gate_grad("SigmoidGate::backward", r.slots, r.tokens, d_weights);
+    detail::check_gate_input("SigmoidGate::backward", input_size(), x);
+    const Index t = r.tokens;
+    m_dlogits.resize(1, t);
+    const Scalar zc = aux.z * Scalar(2) / static_cast<Scalar>(t);
+    for (Index j = 0; j < t; ++j) {
+      const Scalar h = r.weights(0, j), l = m_logits(0, j);
+      const Scalar sp = std::max(l, Scalar(0)) + std::log1p(std::exp(-std::abs(l)));
+      m_dlogits(0, j) = h * (Scalar(1) - h) * (d_weights(0, j) - d_weights(1, j)) + zc * sp * h;
+    }
+    m_router.backward(this->m_params.data(), x, m_dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
+                      false);
+    return this->m_dx;
+  }
+
+private:
+  detail::LinearRouter<Scalar> m_router;
+  Matrix<Scalar> m_logits, m_dlogits;
+};
+
+/// A dense softmax gate whose logits come from any fedmoe Model (trunk) with `experts` outputs.
+template <Model M>
+class ModelGate {
+public:
+  using scalar_type = typename M::scalar_type;
+  using Scalar = scalar_type;
+
+  explicit ModelGate(M trunk) : m_trunk(std::move(trunk)) {
+    FEDMOE_CHECK(m_trunk.output_size() > 0, "ModelGate: expected a trunk with >= 1 output, got ",
+                 m_trunk.output_size());
+  }
+
+  Index num_params() const { return m_trunk.num_params(); }
+  Index input_size() const { return m_trunk.input_size(); }
+  Index experts() const { return m_trunk.output_size(); }
+  Index slots() const { return experts(); }
+  Vector<Scalar>& parameters() { return m_trunk.parameters(); }
+  const Vector<Scalar>& parameters() const { return m_trunk.parameters(); }
+  Vector<Scalar>& gradients() { return m_trunk.gradients(); }
+  const Vector<Scalar>& gradients() const { return m_trunk.gradients(); }
+  void init(Rng& rng) { m_trunk.init(rng); }
+  void freeze_selection(bool) {}  // the selection (all experts) never changes
+  M& trunk() { return m_trunk; }
+  const Routing<Scalar>& routing() const { return m_routing; }
+
+  /// Routes x through the trunk (its dropout draws from rng in Mode::train).
+  const Routing<Scalar>& forward(const Matrix<Scalar>& x, Mode mode, Rng& rng) {
+    detail::check_gate_input("ModelGate::forward", input_size(), x);
+    auto& r = m_routing;
+    const Index e = experts(), t = x.cols();
+    const bool fresh = r.tokens != t || r.experts != e;
+    r.resize(e, t, e);
+    const Matrix<Scalar>& logits = m_trunk.forward(x, mode, rng);
+    detail::softmax_columns(logits, r.weights, m_lse);
+    if (fresh) {
+      for (Index j = 0; j < t; ++j)
+        for (Index i = 0; i < e; ++i) r.indices(i, j) = static_cast<std::int32_t>(i);
+      r.build_dispatch();
+    }
+    r.capacity = t;
+    r.dropped = 0;
+    r.aux = {};
+    r.aux.z = static_cast<Scalar>(m_lse.squaredNorm() / static_cast<Scalar>(t));
+    return r;
+  }
+  const Routing<Scalar>& forward(const Matrix<Scalar>& x) {
+    Rng unused(0);
+    return forward(x, Mode::eval, unused);
+  }
+
+  template <class DW>
+  const Matrix<Scalar>& backward(const Matrix<Scalar>& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
+                                 bool input_grad = true) {
+    detail::check_gate_grad("ModelGate::backward", m_routing.slots, m_routing.tokens, d_weights);
+    detail::softmax_backward_columns(m_routing.weights, d_weights, m_lse, aux.z, m_dlogits);
+    return m_trunk.backward(x, m_dlogits, input_grad);
+  }
+
+private:
+  M m_trunk;
+  Routing<Scalar> m_routing;
+  Matrix<Scalar> m_dlogits;
+  Vector<Scalar> m_lse;
+};
+
+}  // namespace fedmoe
