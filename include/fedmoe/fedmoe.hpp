@@ -14,6 +14,9 @@
 #include "federated/personalize.hpp"
 #include "federated/server.hpp"
 #include "federated/transport.hpp"
+#include "io/idx.hpp"
+#include "io/serialization.hpp"
+// io/npy.hpp (NumPy interop through xtensor) is included on its own: it pulls in xtensor.
 #include "layers/activation.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/dense.hpp"
