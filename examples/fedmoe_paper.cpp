@@ -42,7 +42,7 @@ struct Options {
   std::vector<double> opt_out{0.5};
   Index clients_per_round = 5;
   double client_fraction = 0;  // if > 0, overrides clients_per_round
-  int rounds = 300;
+  int rounds = 100;
   int check_every = 20;
   int patience = 5;
   int local_epochs = 3;
@@ -50,7 +50,7 @@ struct Options {
   double lr_fedavg = 1e-3, lr_specialist = 1e-3, lr_finetune = 1e-4, lr_gate = 1e-3, lr_expert = 0;
   int max_epochs = 500, epoch_check = 5, epoch_patience = 10;
   std::string expert_init = "finetuned";
-  Index global_test = 0;  // 0: the full test split
+  Index global_test = 2000;  // 0: the full test split
   std::uint64_t seed = 1;
   std::size_t threads = 2;
   double dropout = 0.5;
