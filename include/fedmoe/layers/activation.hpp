@@ -16,6 +16,10 @@ struct ReluOp {
   template <class A, class B> static auto df(const A& x, const B&) {
     return (x > typename A::Scalar(0)).template cast<typename A::Scalar>();
   }
+  // dy * f'(x) without the multiply: y > 0 exactly where x > 0.
+  template <class D, class A, class B> static auto backward(const D& dy, const A& x, const B&) {
+    return (x > typename A::Scalar(0)).select(dy, typename D::Scalar(0));
+  }
 };
 struct SigmoidOp {
   static constexpr const char* name = "sigmoid";
@@ -58,7 +62,10 @@ public:
                 Matrix<Scalar>* dx, VectorMap<Scalar>) {
     if (!dx) return;
     dx->resize(dy.rows(), dy.cols());
-    dx->array() = dy.array() * Op::df(x.array(), y.array());
+    if constexpr (requires { Op::backward(dy.array(), x.array(), y.array()); })
+      dx->array() = Op::backward(dy.array(), x.array(), y.array());
+    else
+      dx->array() = dy.array() * Op::df(x.array(), y.array());
   }
 
 private:

@@ -1,6 +1,6 @@
 #pragma once
 /// @file conv2d.hpp
-/// @brief 2-D convolution (cross-correlation, as PyTorch's Conv2d) by im2col + one GEMM per batch.
+/// @brief 2-D convolution (cross-correlation, as PyTorch's Conv2d) by per-sample im2col + GEMM.
 ///
 /// Input C x H x W per sample, output O x Ho x Wo with Ho = (H + 2p - k) / s + 1.
 /// Square kernel k, stride s >= 1, zero padding p >= 0; `Conv2d::same(o, k, s)` picks
@@ -9,9 +9,13 @@
 /// Parameters: weight [O, C, k, k] row-major (PyTorch's layout), then bias [O].
 /// Eigen sees the weight as the column-major matrix W^T (C*k*k x O).
 ///
-/// Forward builds, for the whole batch, the patch matrix P (N*Ho*Wo x C*k*k),
-/// computes Z = P W^T + b in one GEMM, and scatters Z into NCHW columns.
-/// Backward: dW^T = P^T dZ, db = column sums of dZ, dP = dZ W, then col2im.
+/// Per sample (so every workspace stays cache-resident whatever the batch), forward builds the
+/// patch matrix P_s (Ho*Wo x C*k*k; column (c, ky, kx) is the shifted input plane) and computes
+/// Y_s = P_s W^T + b with one GEMM written straight into the sample's output column, whose memory
+/// is exactly the (Ho*Wo x O) column-major matrix (NCHW): no scatter. Backward rebuilds P_s from x
+/// (an L2-resident copy, cheaper than streaming the whole batch's patches back from memory):
+///     dW^T = sum_s P_s^T dY_s and db = sum_s colsum(dY_s), summed in sample order;
+///     dP_s = dY_s W, then col2im into the sample's dx column.
 #include <algorithm>
 
 #include "layer.hpp"
@@ -59,33 +63,55 @@ public:
   template <class In>
   void forward(ConstVectorMap<Scalar> params, const In& x, Matrix<Scalar>& y, Mode, Rng&) {
     detail::check_batch<Scalar>("Conv2d::forward", m_in.size(), x.rows(), x.cols());
-    const Index n = x.cols(), hw = m_oh * m_ow;
-    im2col(x);
-    m_z.resize(n * hw, m_out);
-    m_z.noalias() = m_patches * weight_t(params);
+    const Index n = x.cols(), hw = m_oh * m_ow, kk = patch();
+    m_patches.resize(hw, kk);
+    m_batch = n;
     y.resize(m_out * hw, n);
+    const auto wt = weight_t(params);
     const auto b = bias(params);
-    for (Index s = 0; s < n; ++s)
-      for (Index o = 0; o < m_out; ++o)
-        y.col(s).segment(o * hw, hw) = m_z.col(o).segment(s * hw, hw).array() + b[o];
+    for (Index s = 0; s < n; ++s) {
+      Scalar* ps = m_patches.data();
+      im2col(x.col(s).data(), ps);
+      MatrixMap<Scalar> ys(y.col(s).data(), hw, m_out);
+      const ConstMatrixMap<Scalar> p(ps, hw, kk);
+      for (Index r = 0; r < hw; r += rows_per_gemm()) {
+        const Index m = std::min(rows_per_gemm(), hw - r);
+        ys.middleRows(r, m).noalias() = p.middleRows(r, m) * wt;
+      }
+      ys.rowwise() += b.transpose();
+    }
   }
 
   template <class In>
   void backward(ConstVectorMap<Scalar> params, const In& x, const Matrix<Scalar>&, const Matrix<Scalar>& dy,
                 Matrix<Scalar>* dx, VectorMap<Scalar> grad) {
-    const Index n = dy.cols(), hw = m_oh * m_ow;
-    FEDMOE_CHECK(m_patches.rows() == n * hw && x.cols() == n,
-                 "Conv2d::backward: expected the batch of the last forward (", m_patches.rows() / std::max<Index>(hw, 1),
-                 " samples), got ", n);
-    m_z.resize(n * hw, m_out);  // reused as dZ
-    for (Index s = 0; s < n; ++s)
-      for (Index o = 0; o < m_out; ++o) m_z.col(o).segment(s * hw, hw) = dy.col(s).segment(o * hw, hw);
-    MatrixMap<Scalar>(grad.data(), patch(), m_out).noalias() = m_patches.transpose() * m_z;
-    VectorMap<Scalar>(grad.data() + patch() * m_out, m_out).noalias() = m_z.colwise().sum().transpose();
+    const Index n = dy.cols(), hw = m_oh * m_ow, kk = patch();
+    FEDMOE_CHECK(m_batch == n && x.cols() == n, "Conv2d::backward: expected the batch of the last forward (",
+                 m_batch, " samples), got ", n);
+    MatrixMap<Scalar> dwt(grad.data(), kk, m_out);
+    VectorMap<Scalar> db(grad.data() + kk * m_out, m_out);
     if (dx) {
-      m_dpatches.resize(n * hw, patch());
-      m_dpatches.noalias() = m_z * weight_t(params).transpose();
-      col2im(*dx, n);
+      dx->resize(m_in.size(), n);
+      m_dpatches.resize(hw, kk);
+    }
+    const auto wt = weight_t(params);
+    for (Index s = 0; s < n; ++s) {
+      im2col(x.col(s).data(), m_patches.data());  // recomputed: cheaper than keeping the batch's patches
+      const ConstMatrixMap<Scalar> ps(m_patches.data(), hw, kk);
+      const ConstMatrixMap<Scalar> dys(dy.col(s).data(), hw, m_out);
+      if (s == 0) {
+        dwt.setZero();
+        db.setZero();
+      }
+      for (Index r = 0; r < hw; r += rows_per_gemm()) {
+        const Index m = std::min(rows_per_gemm(), hw - r);
+        dwt.noalias() += ps.middleRows(r, m).transpose() * dys.middleRows(r, m);
+      }
+      db.noalias() += dys.colwise().sum().transpose();
+      if (dx) {
+        m_dpatches.noalias() = dys * wt.transpose();
+        col2im(m_dpatches.data(), dx->col(s).data());
+      }
     }
   }
 
@@ -99,49 +125,59 @@ public:
 private:
   Index patch() const { return m_in.channels * m_k * m_k; }
 
-  template <class In>
-  void im2col(const In& x) {
-    const Index n = x.cols(), hw = m_oh * m_ow, H = m_in.height, W = m_in.width;
-    m_patches.resize(n * hw, patch());
+  // GEMMs are split into row blocks of at most 64 KiB of patches, so that Eigen's packing buffers stay
+  // on the stack (below EIGEN_STACK_ALLOCATION_LIMIT): a steady-state step never touches the heap.
+  Index rows_per_gemm() const {
+    return std::max<Index>(1, Index(65536 / sizeof(Scalar)) / std::max(patch(), m_out));
+  }
+
+  // One sample's image (C x H x W) -> its patch matrix P (hw x C*k*k, column-major).
+  void im2col(const Scalar* img, Scalar* p) const {
+    const Index hw = m_oh * m_ow, H = m_in.height, W = m_in.width;
     for (Index c = 0; c < m_in.channels; ++c)
       for (Index ky = 0; ky < m_k; ++ky)
         for (Index kx = 0; kx < m_k; ++kx) {
-          Scalar* col = m_patches.col((c * m_k + ky) * m_k + kx).data();
-          for (Index s = 0; s < n; ++s) {
-            const Scalar* img = x.col(s).data() + c * H * W;
-            Scalar* out = col + s * hw;
-            for (Index oy = 0; oy < m_oh; ++oy) {
-              const Index iy = oy * m_stride - m_pad + ky;
-              if (iy < 0 || iy >= H) {
-                std::fill(out + oy * m_ow, out + (oy + 1) * m_ow, Scalar(0));
-                continue;
-              }
-              for (Index ox = 0; ox < m_ow; ++ox) {
-                const Index ix = ox * m_stride - m_pad + kx;
-                out[oy * m_ow + ox] = (ix >= 0 && ix < W) ? img[iy * W + ix] : Scalar(0);
-              }
+          Scalar* out = p + ((c * m_k + ky) * m_k + kx) * hw;
+          const Scalar* plane = img + c * H * W;
+          for (Index oy = 0; oy < m_oh; ++oy, out += m_ow) {
+            const Index iy = oy * m_stride - m_pad + ky;
+            if (iy < 0 || iy >= H) {
+              std::fill(out, out + m_ow, Scalar(0));
+              continue;
+            }
+            const Scalar* row = plane + iy * W;
+            if (m_stride == 1 && m_pad == 0) {  // the paper's convolutions: a contiguous copy
+              std::copy(row + kx, row + kx + m_ow, out);
+              continue;
+            }
+            for (Index ox = 0; ox < m_ow; ++ox) {
+              const Index ix = ox * m_stride - m_pad + kx;
+              out[ox] = (ix >= 0 && ix < W) ? row[ix] : Scalar(0);
             }
           }
         }
   }
 
-  void col2im(Matrix<Scalar>& dx, Index n) const {
+  // One sample's patch gradients dP (hw x C*k*k) -> its image gradient (C x H x W), overwritten.
+  void col2im(const Scalar* dp, Scalar* img) const {
     const Index hw = m_oh * m_ow, H = m_in.height, W = m_in.width;
-    dx.setZero(m_in.size(), n);
+    std::fill(img, img + m_in.size(), Scalar(0));
     for (Index c = 0; c < m_in.channels; ++c)
       for (Index ky = 0; ky < m_k; ++ky)
         for (Index kx = 0; kx < m_k; ++kx) {
-          const Scalar* col = m_dpatches.col((c * m_k + ky) * m_k + kx).data();
-          for (Index s = 0; s < n; ++s) {
-            Scalar* img = dx.col(s).data() + c * H * W;
-            const Scalar* in = col + s * hw;
-            for (Index oy = 0; oy < m_oh; ++oy) {
-              const Index iy = oy * m_stride - m_pad + ky;
-              if (iy < 0 || iy >= H) continue;
-              for (Index ox = 0; ox < m_ow; ++ox) {
-                const Index ix = ox * m_stride - m_pad + kx;
-                if (ix >= 0 && ix < W) img[iy * W + ix] += in[oy * m_ow + ox];
-              }
+          const Scalar* in = dp + ((c * m_k + ky) * m_k + kx) * hw;
+          Scalar* plane = img + c * H * W;
+          for (Index oy = 0; oy < m_oh; ++oy, in += m_ow) {
+            const Index iy = oy * m_stride - m_pad + ky;
+            if (iy < 0 || iy >= H) continue;
+            Scalar* row = plane + iy * W;
+            if (m_stride == 1 && m_pad == 0) {
+              for (Index ox = 0; ox < m_ow; ++ox) row[kx + ox] += in[ox];
+              continue;
+            }
+            for (Index ox = 0; ox < m_ow; ++ox) {
+              const Index ix = ox * m_stride - m_pad + kx;
+              if (ix >= 0 && ix < W) row[ix] += in[ox];
             }
           }
         }
@@ -150,7 +186,9 @@ private:
   Index m_out, m_k, m_stride, m_pad;
   Shape m_in{};
   Index m_oh = 0, m_ow = 0;
-  Matrix<Scalar> m_patches, m_z, m_dpatches;  // workspaces, sized once per batch size
+  Index m_batch = 0;          // batch of the last forward
+  Matrix<Scalar> m_patches;   // hw x C*k*k: one sample's P_s (workspace; backward rebuilds it from x)
+  Matrix<Scalar> m_dpatches;  // hw x C*k*k: one sample's dP_s (workspace)
 };
 
 }  // namespace fedmoe

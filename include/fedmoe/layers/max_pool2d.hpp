@@ -40,24 +40,45 @@ public:
     m_argmax.resize(out_size, n);
     for (Index s = 0; s < n; ++s) {
       const Scalar* img = x.col(s).data();
+      Scalar* out = y.col(s).data();
+      std::int32_t* arg = m_argmax.col(s).data();
       for (Index c = 0; c < m_in.channels; ++c)
-        for (Index oy = 0; oy < m_oh; ++oy)
-          for (Index ox = 0; ox < m_ow; ++ox) {
-            Index best = c * H * W + (oy * m_stride) * W + ox * m_stride;
-            Scalar best_v = img[best];
-            for (Index ky = 0; ky < m_k; ++ky)
-              for (Index kx = 0; kx < m_k; ++kx) {
-                const Index idx = c * H * W + (oy * m_stride + ky) * W + ox * m_stride + kx;
+        for (Index oy = 0; oy < m_oh; ++oy) {
+          const Index row0 = c * H * W + oy * m_stride * W;
+          if (m_k == 2 && m_stride == 2) {  // the paper's pooling: four candidates, branch-free selects
+            for (Index ox = 0; ox < m_ow; ++ox) {
+              Index best = row0 + 2 * ox;
+              Scalar best_v = img[best];
+              const Index cand[3] = {best + 1, best + W, best + W + 1};
+              for (Index idx : cand) {
                 const Scalar v = img[idx];
-                if (v > best_v || (v != v && best_v == best_v)) {  // a NaN wins and stays, as in PyTorch
-                  best = idx;
-                  best_v = v;
-                }
+                const bool take = v > best_v || (v != v && best_v == best_v);  // a NaN wins and stays
+                best = take ? idx : best;
+                best_v = take ? v : best_v;
               }
-            const Index o = (c * m_oh + oy) * m_ow + ox;
-            y(o, s) = best_v;
-            m_argmax(o, s) = static_cast<std::int32_t>(best);
+              out[ox] = best_v;
+              arg[ox] = static_cast<std::int32_t>(best);
+            }
+            out += m_ow;
+            arg += m_ow;
+            continue;
           }
+          for (Index ox = 0; ox < m_ow; ++ox, ++out, ++arg) {
+            Index best = row0 + ox * m_stride;
+            Scalar best_v = img[best];
+            for (Index ky = 0; ky < m_k; ++ky) {
+              const Index r = row0 + ky * W + ox * m_stride;
+              for (Index kx = 0; kx < m_k; ++kx) {
+                const Scalar v = img[r + kx];
+                const bool take = v > best_v || (v != v && best_v == best_v);  // a NaN wins and stays (PyTorch)
+                best = take ? r + kx : best;
+                best_v = take ? v : best_v;
+              }
+            }
+            *out = best_v;
+            *arg = static_cast<std::int32_t>(best);
+          }
+        }
     }
   }
 
@@ -68,8 +89,12 @@ public:
     FEDMOE_CHECK(dy.cols() == m_argmax.cols(), "MaxPool2d::backward: expected the batch of the last forward (",
                  m_argmax.cols(), " samples), got ", dy.cols());
     dx->setZero(m_in.size(), dy.cols());
-    for (Index s = 0; s < dy.cols(); ++s)
-      for (Index o = 0; o < dy.rows(); ++o) (*dx)(m_argmax(o, s), s) += dy(o, s);
+    for (Index s = 0; s < dy.cols(); ++s) {
+      Scalar* d = dx->col(s).data();
+      const Scalar* g = dy.col(s).data();
+      const std::int32_t* arg = m_argmax.col(s).data();
+      for (Index o = 0; o < dy.rows(); ++o) d[arg[o]] += g[o];
+    }
   }
 
 private:

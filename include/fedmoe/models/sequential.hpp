@@ -7,6 +7,7 @@
 /// the parameter vector, the gradient vector, and each layer's output buffer; a layer
 /// is handed its slice of the vectors at each call. Copies and moves are therefore
 /// plain member-wise copies: no view can point into another model.
+#include <algorithm>
 #include <array>
 #include <string>
 #include <tuple>
@@ -125,11 +126,12 @@ private:
     if constexpr (I + 1 < depth) forward_from<I + 1>(m_act[I], mode, rng);
   }
 
-  // Layer I reads dy from m_delta[(I + 1) % 2] (or the caller's dy) and writes dx to m_delta[I % 2].
+  // Layer I reads dy from m_delta[I + 1] (or the caller's dy) and writes dx to m_delta[I]: one buffer per
+  // layer, so each keeps its size from step to step and a steady-state backward never reallocates.
   template <std::size_t I>
   void backward_from(const Eigen::Ref<const Matrix<Scalar>>& x, const Matrix<Scalar>& dy_last, bool input_grad) {
-    const Matrix<Scalar>& dy = (I + 1 == depth) ? dy_last : m_delta[(I + 1) % 2];
-    Matrix<Scalar>* dx = (I > 0 || input_grad) ? &m_delta[I % 2] : nullptr;
+    const Matrix<Scalar>& dy = (I + 1 == depth) ? dy_last : m_delta[std::min(I + 1, depth - 1)];
+    Matrix<Scalar>* dx = (I > 0 || input_grad) ? &m_delta[I] : nullptr;
     auto grad = slice<I>(m_grads);
     if constexpr (I == 0) {
       std::get<0>(m_layers).backward(slice<0>(std::as_const(m_params)), x, m_act[0], dy, dx, grad);
@@ -144,7 +146,7 @@ private:
   Shape m_input{}, m_output{};
   Vector<Scalar> m_params, m_grads;
   std::array<Matrix<Scalar>, depth> m_act;  // each layer's output
-  std::array<Matrix<Scalar>, 2> m_delta;    // ping-pong buffers for dL/d(activation)
+  std::array<Matrix<Scalar>, depth> m_delta;  // m_delta[I]: dL/d(input of layer I)
   Matrix<Scalar> m_no_input_grad;           // stays empty: returned when input_grad is false
 };
 

@@ -1,0 +1,189 @@
+// Training and inference of the paper's models, FedAvg aggregation, and memory-copy bandwidth.
+//
+// Case names (shared with bench_train_torch, see bench_train.hpp):
+//   <model>/train/b<B>   forward (Mode::train) + cross-entropy (or mixture loss) + backward + Adam step,
+//                        single thread; items/s = samples/s. Counter heap_allocs: allocations per step
+//                        in the steady state (must read 0).
+//   <model>/infer/b1     evaluation forward at batch 1; the time is the latency, heap_allocs the
+//                        heap allocations per call (malloc and operator new, counted by replacement).
+//   fedavg/n<N>/p<P>     FedAvg{}.aggregate of N client vectors of P floats; bytes/s counts the
+//                        compulsory traffic, (N + 1) * P * 4 bytes (each update read once, global written once).
+//   memcpy/<MiB>MiB      std::memcpy; bytes/s = read + written bytes (2 x the copied size), the
+//                        bandwidth the aggregation is compared with (16 MiB ~ the 4 MB global vector in
+//                        cache-ish regime, 256 MiB = DRAM).
+//
+// Full run:   fedmoe_bench_train --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+// CI smoke:   fedmoe_bench_train --benchmark_filter='(b1$|n10/p10000)' --benchmark_min_time=0.01
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <memory>
+#include <span>
+
+#include <fedmoe/federated/aggregator.hpp>
+#include <fedmoe/losses/cross_entropy.hpp>
+#include <fedmoe/models/paper.hpp>
+#include <fedmoe/moe/mixture.hpp>
+#include <fedmoe/optimizers/adam.hpp>
+
+#include "bench_train.hpp"
+
+using namespace fedmoe;
+using fedmoe::bench::TrainCase;
+
+namespace {
+
+struct Batch {
+  Matrix<float> x;
+  Labels y;
+};
+
+Batch make_batch(Shape in, Index n) {
+  const std::vector<float> xv = bench::input_data(in.size() * n);
+  const std::vector<std::int64_t> yv = bench::label_data(n);
+  Batch b{ConstMatrixMap<float>(xv.data(), in.size(), n), Labels(n)};
+  for (Index j = 0; j < n; ++j) b.y[j] = static_cast<std::int32_t>(yv[static_cast<std::size_t>(j)]);
+  return b;
+}
+
+void finish(benchmark::State& st, const TrainCase& c, long allocs) {
+  st.counters["heap_allocs"] = double(allocs) / double(std::max<benchmark::IterationCount>(1, st.iterations()));
+  st.SetItemsProcessed(st.iterations() * c.batch);
+}
+
+template <class M>
+void run_model(benchmark::State& st, const TrainCase& c, M model) {
+  Rng init(bench::param_seed);
+  model.init(init);
+  const Batch b = make_batch(c.input(), c.batch);
+  Rng rng(bench::x_seed + 1);
+  if (!c.train) {
+    benchmark::DoNotOptimize(model.forward(b.x).data());  // sizes every buffer
+    const long before = bench::g_mallocs.load();
+    for (auto _ : st) {
+      const Matrix<float>& out = model.forward(b.x);
+      benchmark::DoNotOptimize(out.data());
+      benchmark::ClobberMemory();
+    }
+    return finish(st, c, bench::g_mallocs.load() - before);
+  }
+  Adam<float> adam(bench::learning_rate);
+  CrossEntropy<float> loss;
+  Matrix<float> dy;
+  auto step = [&] {
+    const Matrix<float>& out = model.forward(b.x, Mode::train, rng);
+    benchmark::DoNotOptimize(loss.gradient(out, b.y, dy));
+    model.backward(b.x, dy);
+    adam.step(model.parameters(), model.gradients());
+  };
+  step();  // sizes every workspace and Adam's moments
+  const long before = bench::g_mallocs.load();
+  for (auto _ : st) {
+    step();
+    benchmark::DoNotOptimize(model.parameters().data());
+    benchmark::ClobberMemory();
+  }
+  finish(st, c, bench::g_mallocs.load() - before);
+}
+
+void run_mixture(benchmark::State& st, const TrainCase& c) {
+  auto gate = fashion_cnn_gate<float>(bench::dropout);
+  auto spec = fashion_cnn<float>(bench::classes, bench::dropout);
+  auto global = fashion_cnn<float>(bench::classes, bench::dropout);
+  Rng init(bench::param_seed);
+  gate.init(init);
+  spec.init(init);
+  global.init(init);
+  Mixture mix(gate, spec, global);
+  const Batch b = make_batch(c.input(), c.batch);
+  Rng rng(bench::x_seed + 1);
+  if (!c.train) {
+    benchmark::DoNotOptimize(mix.forward(b.x).data());
+    const long before = bench::g_mallocs.load();
+    for (auto _ : st) {
+      const Matrix<float>& out = mix.forward(b.x);
+      benchmark::DoNotOptimize(out.data());
+      benchmark::ClobberMemory();
+    }
+    return finish(st, c, bench::g_mallocs.load() - before);
+  }
+  Adam<float> adam_gate(bench::learning_rate), adam_spec(bench::learning_rate);
+  auto step = [&] {
+    benchmark::DoNotOptimize(mix.loss_and_gradient(b.x, b.y, Mode::train, rng));
+    adam_gate.step(gate.parameters(), gate.gradients());
+    adam_spec.step(spec.parameters(), spec.gradients());
+  };
+  step();
+  const long before = bench::g_mallocs.load();
+  for (auto _ : st) {
+    step();
+    benchmark::DoNotOptimize(spec.parameters().data());
+    benchmark::ClobberMemory();
+  }
+  finish(st, c, bench::g_mallocs.load() - before);
+}
+
+void run_case(benchmark::State& st, const TrainCase& c) {
+  if (c.model == "fashion_cnn") return run_model(st, c, fashion_cnn<float>(bench::classes, bench::dropout));
+  if (c.model == "cifar_cnn") return run_model(st, c, cifar_cnn<float>(bench::classes));
+  if (c.model == "mlp") return run_model(st, c, mlp<float>(Shape{784, 1, 1}, bench::classes, 200, bench::dropout));
+  return run_mixture(st, c);
+}
+
+/// FedAvg of n updates of p parameters; bytes/s = compulsory traffic (n + 1) p sizeof(float).
+void bench_fedavg(benchmark::State& st, Index n, Index p) {
+  std::vector<ClientUpdate<float>> updates(static_cast<std::size_t>(n));
+  Rng r(bench::param_seed);
+  for (Index k = 0; k < n; ++k) {
+    auto& u = updates[static_cast<std::size_t>(k)];
+    u.client = k;
+    u.num_samples = 50 + static_cast<Index>(r.uniform_int(100));
+    u.parameters.resize(p);
+    for (Index i = 0; i < p; ++i) u.parameters[i] = r.uniform<float>(-1.f, 1.f);
+  }
+  Vector<float> global = Vector<float>::Zero(p);
+  const FedAvg fedavg;
+  for (auto _ : st) {
+    fedavg.aggregate(std::span<const ClientUpdate<float>>(updates), global);
+    benchmark::DoNotOptimize(global.data());
+    benchmark::ClobberMemory();
+  }
+  st.SetItemsProcessed(st.iterations() * n * p);
+  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(n + 1) * double(p) * sizeof(float)));
+}
+
+/// Copies `mib` MiB between two buffers: bytes/s counts read + written bytes.
+void bench_memcpy(benchmark::State& st, int mib) {
+  const auto n = static_cast<std::size_t>(mib) << 20;
+  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
+  std::memset(a.get(), 1, n);
+  std::memset(b.get(), 2, n);
+  for (auto _ : st) {
+    std::memcpy(b.get(), a.get(), n);
+    benchmark::DoNotOptimize(b.get());
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(2 * n));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const TrainCase& c : bench::all_cases())
+    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
+        ->Unit(benchmark::kMicrosecond);
+  for (Index n : {10, 100})
+    for (Index p : {10000, 1000000})
+      benchmark::RegisterBenchmark(("fedavg/n" + std::to_string(n) + "/p" + std::to_string(p)).c_str(),
+                                   [n, p](benchmark::State& st) { bench_fedavg(st, n, p); })
+          ->Unit(benchmark::kMicrosecond);
+  for (int mib : {1, 16, 256})
+    benchmark::RegisterBenchmark(("memcpy/" + std::to_string(mib) + "MiB").c_str(),
+                                 [mib](benchmark::State& st) { bench_memcpy(st, mib); })
+        ->Unit(benchmark::kMicrosecond);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
