@@ -8,6 +8,7 @@
 /// value is rejected with an error naming the client, before the global model is touched.
 #include <concepts>
 #include <cstdint>
+#include <algorithm>
 #include <span>
 
 #include "../core/error.hpp"
@@ -29,7 +30,16 @@ concept Aggregator = requires(A agg, std::span<const ClientUpdate<Scalar>> updat
 };
 
 /// Sample-count-weighted federated averaging.
+///
+/// One fused pass: for each block of the vector, acc = sum_k w_k u_k[block] in update order
+/// (the same per-element order as N separate passes, so bitwise the same result), written to a
+/// scratch vector that is swapped with `global` at the end. Updates are read once and the
+/// global vector written once. A non-finite value in any update makes its block's sum
+/// non-finite (the weights are positive), so only the sums are checked; a bad block is then
+/// rescanned to name the client. On error `global` is untouched.
 struct FedAvg {
+  static constexpr Index block = 2048;
+
   template <class Scalar>
   void aggregate(std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& global) const {
     FEDMOE_CHECK(!updates.empty(), "FedAvg: expected at least one client update, got 0");
@@ -39,13 +49,26 @@ struct FedAvg {
                    u.parameters.size(), " parameters, expected ", global.size());
       FEDMOE_CHECK(u.num_samples > 0, "FedAvg: update from client ", u.client, " claims ", u.num_samples,
                    " samples, expected > 0");
-      FEDMOE_CHECK(u.parameters.allFinite(), "FedAvg: update from client ", u.client,
-                   " contains non-finite values (NaN or inf); expected finite parameters. Update rejected.");
       total += double(u.num_samples);
     }
-    // Accumulate in the update order; the weights are exact ratios in double.
-    global.setZero();
-    for (const auto& u : updates) global.noalias() += Scalar(double(u.num_samples) / total) * u.parameters;
+    thread_local Vector<Scalar> next;  // reused: sized once per model size
+    next.resize(global.size());
+    const Index n = global.size();
+    for (Index start = 0; start < n; start += block) {
+      const Index len = std::min(block, n - start);
+      auto acc = next.segment(start, len);
+      acc.setZero();
+      for (const auto& u : updates)
+        acc.noalias() += Scalar(double(u.num_samples) / total) * u.parameters.segment(start, len);
+      if (!acc.allFinite()) [[unlikely]] {
+        for (const auto& u : updates)
+          FEDMOE_CHECK(u.parameters.segment(start, len).allFinite(), "FedAvg: update from client ", u.client,
+                       " contains non-finite values (NaN or inf); expected finite parameters. Update rejected.");
+        FEDMOE_FAIL("FedAvg: the weighted sum overflowed to a non-finite value in parameters [", start, ", ",
+                    start + len, "); expected finite parameters. Round rejected.");
+      }
+    }
+    global.swap(next);
   }
 };
 

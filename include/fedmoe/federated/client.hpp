@@ -44,6 +44,7 @@ public:
   template <Model M, Transport<Scalar> T>
   void participate(T& transport, M& workspace, const LocalUpdateConfig& config, Rng& rng) const {
     FEDMOE_CHECK(!m_opt_out, "Client ", m_id, " opted out of the federation: it never sends updates");
+    check_broadcast(transport.global(), workspace.num_params());
     workspace.parameters() = transport.global();
     Adam<Scalar> opt(config.lr);
     Batcher<Scalar> batcher(*m_data, m_split.train, config.batch_size);
@@ -56,12 +57,19 @@ public:
   void report_validation(T& transport, M& workspace) const {
     FEDMOE_CHECK(!m_opt_out, "Client ", m_id, " opted out of the federation: it never sends reports");
     if (m_split.val.empty()) return;
+    check_broadcast(transport.global(), workspace.num_params());
     workspace.parameters() = transport.global();
     const EvalResult r = evaluate(workspace, *m_data, m_split.val);
     transport.report(ValidationReport{m_id, r.loss * double(r.samples), r.samples});
   }
 
 private:
+  // A size mismatch (e.g. nothing broadcast yet) would silently resize the workspace's parameters.
+  void check_broadcast(const Vector<Scalar>& global, Index expected) const {
+    FEDMOE_CHECK(global.size() == expected, "Client ", m_id, ": expected a broadcast global model of ", expected,
+                 " parameters (the workspace's), got ", global.size());
+  }
+
   std::int64_t m_id;
   const Dataset<Scalar>* m_data;
   ClientSplit m_split;

@@ -11,6 +11,8 @@
 /// and restored at the end; training stops after `patience` checks without improvement
 /// or at `max_rounds`.
 ///
+/// Without validation data on any opted-in client, all max_rounds run and the last model is kept.
+///
 /// Reproducibility: client sampling draws from Rng::stream(seed, 0); client k in round r
 /// from Rng::stream(seed, 1 + r * 2^20 + k). Results are bitwise identical for any thread count.
 #include <functional>
@@ -69,6 +71,9 @@ FederationResult train_federated(M& global_model, const std::vector<Client<typen
   FEDMOE_CHECK(config.clients_per_round > 0 && config.clients_per_round <= Index(opted_in.size()),
                "train_federated: expected clients_per_round in [1, ", opted_in.size(),
                "] (the opted-in clients), got ", config.clients_per_round);
+  for (const auto& c : clients)
+    FEDMOE_CHECK(c.id() >= 0 && c.id() < (std::int64_t(1) << 20), "train_federated: expected client ids in [0, 2^20) ",
+                 "(they select random streams), got ", c.id());
   FEDMOE_CHECK(config.max_rounds >= 0 && config.check_every > 0, "train_federated: expected max_rounds >= 0 and ",
                "check_every > 0, got ", config.max_rounds, " and ", config.check_every);
 
@@ -85,6 +90,7 @@ FederationResult train_federated(M& global_model, const std::vector<Client<typen
     });
     const double loss = server.validation_loss(transport);
     result.val_history.emplace_back(round, loss);
+    if (std::isnan(loss)) return false;  // no opted-in client has validation data: no early stopping
     const int before = stop.best_check();
     const bool done = stop.observe(loss, {std::cref(server.global())});  // a copy of the AVERAGED model
     if (stop.best_check() != before) {

@@ -107,6 +107,8 @@ template <Model M, Model G, class S = typename M::scalar_type>
 ClientResult personalize(const Client<S>& client, const M& global_model, M& expert, G& gate, const Dataset<S>& test_data,
                          std::span<const Index> global_test_idx, const PersonalizeConfig& config,
                          const double global_model_global_acc) {
+  FEDMOE_CHECK(expert.num_params() == global_model.num_params(), "personalize: expected an expert workspace of ",
+               global_model.num_params(), " parameters (the global architecture), got ", expert.num_params());
   const Dataset<S>& train_data = client.train_data();
   const ClientSplit& split = client.split();
   ClientResult r;

@@ -1,0 +1,479 @@
+// Federation: FedAvg arithmetic and rejection of bad updates, the opt-out guarantee (nothing of
+// an opted-out client reaches the server), the specialist and gate never leaving the client,
+// and bitwise determinism over thread counts and repeated personalisation.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fedmoe/fedmoe.hpp>
+
+using namespace fedmoe;
+using Catch::Matchers::Contains;
+
+static_assert(Aggregator<FedAvg, float> && Aggregator<FedAvg, double>);
+static_assert(Transport<InProcessTransport<float>, float> && Transport<InProcessTransport<double>, double>);
+
+namespace {
+
+/// n samples of `classes` Gaussian blobs in `dim` dimensions: sample j has label j % classes and
+/// input prototype[label] + N(0, noise^2) per coordinate. The prototypes are N(0, 1) draws from
+/// Rng(proto_seed), so datasets with the same proto_seed (train and test) share them.
+template <class S>
+Dataset<S> blobs(Index n, Index dim, Index classes, double noise, std::uint64_t seed, std::uint64_t proto_seed = 99) {
+  Rng proto_rng(proto_seed);
+  Matrix<double> protos(dim, classes);
+  for (Index i = 0; i < protos.size(); ++i) protos.data()[i] = proto_rng.normal();
+  Rng rng(seed);
+  Dataset<S> d{Matrix<S>(dim, n), Labels(n), Shape{dim, 1, 1}, classes};
+  for (Index j = 0; j < n; ++j) {
+    const Index c = j % classes;
+    d.labels[j] = std::int32_t(c);
+    for (Index r = 0; r < dim; ++r) d.inputs(r, j) = S(protos(r, c) + noise * rng.normal());
+  }
+  d.validate();
+  return d;
+}
+
+bool contains(const std::vector<std::int64_t>& ids, std::int64_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+/// A small label-skewed federation: `clients` clients of 4-class blobs in 8 dimensions
+/// (20 train / 10 val / 10 test samples each); the clients listed in `opted_out` opt out.
+struct SmallFederation {
+  static constexpr Index dim = 8, classes = 4, n_train = 20, n_val = 10, n_test = 10;
+  Dataset<float> train = blobs<float>(600, dim, classes, 0.9, 1);
+  Dataset<float> test = blobs<float>(200, dim, classes, 0.9, 2);
+  Partition partition;
+  std::vector<Client<float>> clients;
+  std::vector<std::int64_t> opted_out;
+
+  SmallFederation(Index num_clients, std::vector<std::int64_t> opt_out) : opted_out(std::move(opt_out)) {
+    Rng rng(11);
+    partition = partition_majority(train.labels, test.labels, classes,
+                                   PartitionSpec{num_clients, n_train, n_val, n_test, 0.8}, rng);
+    for (Index k = 0; k < num_clients; ++k)
+      clients.emplace_back(std::int64_t(k), train, partition[k], contains(opted_out, k));
+  }
+
+  Mlp<float> model(std::uint64_t seed = 5) const {
+    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
+    Rng rng(seed);
+    m.init(rng);
+    return m;
+  }
+  MlpGate<float> gate() const { return mlp_gate<float>(Shape{dim, 1, 1}, 16); }
+};
+
+FederationConfig small_config(Index per_round, int rounds, std::size_t threads = 1) {
+  FederationConfig cfg;
+  cfg.clients_per_round = per_round;
+  cfg.max_rounds = rounds;
+  cfg.check_every = 2;
+  cfg.patience = 1000;  // run every round
+  cfg.local.epochs = 1;
+  cfg.local.batch_size = 10;
+  cfg.local.lr = 1e-2;
+  cfg.threads = threads;
+  cfg.seed = 3;
+  return cfg;
+}
+
+PersonalizeConfig small_personalize_config() {
+  PersonalizeConfig pc;
+  pc.fit.max_epochs = 12;
+  pc.fit.check_every = 2;
+  pc.fit.patience = 3;
+  pc.fit.batch_size = 10;
+  pc.lr_specialist = 1e-2;
+  pc.lr_finetune = 1e-3;
+  pc.lr_gate = 1e-2;
+  pc.seed = 17;
+  return pc;
+}
+
+template <class S>
+bool same_vector(const Vector<S>& a, const Vector<S>& b) {
+  return a.size() == b.size() && (a.array() == b.array()).all();
+}
+
+std::vector<Index> iota_indices(Index n) {
+  std::vector<Index> v(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) v[std::size_t(i)] = i;
+  return v;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// 1. FedAvg
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("FedAvg equals the hand-computed sample-weighted mean", "[federated]") {
+  using S = double;
+  Vector<S> a(4), b(4), c(4);
+  a << 1.0, -2.0, 3.0, 0.5;
+  b << 4.0, 0.0, -1.0, 2.0;
+  c << -3.0, 8.0, 5.0, 1.0;
+  const std::vector<ClientUpdate<S>> updates{{10, a, 1}, {11, b, 2}, {12, c, 5}};
+  Vector<S> global = Vector<S>::Constant(4, 123.0);
+  FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(updates), global);
+  // (1 a + 2 b + 5 c) / 8, element by element: weights 1/8, 2/8, 5/8 are exact in binary.
+  const double expected[4] = {(1.0 * 1 + 2.0 * 4 + 5.0 * -3) / 8, (1.0 * -2 + 2.0 * 0 + 5.0 * 8) / 8,
+                              (1.0 * 3 + 2.0 * -1 + 5.0 * 5) / 8, (1.0 * 0.5 + 2.0 * 2 + 5.0 * 1) / 8};
+  for (Index i = 0; i < 4; ++i) {
+    INFO("coordinate " << i);
+    CHECK(global[i] == Approx(expected[i]).epsilon(1e-15));
+  }
+  // An unweighted mean would differ: the weights matter.
+  CHECK(std::abs(global[0] - (a[0] + b[0] + c[0]) / 3) > 0.1);
+
+  // Random values: the weighted mean to double rounding.
+  Rng rng(4);
+  std::vector<ClientUpdate<S>> random_updates;
+  const Index counts[3] = {7, 30, 113};
+  for (int k = 0; k < 3; ++k) {
+    Vector<S> p(50);
+    for (Index i = 0; i < p.size(); ++i) p[i] = rng.uniform(-5.0, 5.0);
+    random_updates.push_back({k, p, counts[k]});
+  }
+  Vector<S> g(50);
+  FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(random_updates), g);
+  for (Index i = 0; i < 50; ++i) {
+    const double num = 7 * random_updates[0].parameters[i] + 30 * random_updates[1].parameters[i] +
+                       113 * random_updates[2].parameters[i];
+    CHECK(g[i] == Approx(num / 150.0).epsilon(1e-13).margin(1e-13));
+  }
+}
+
+TEST_CASE("FedAvg rejects bad updates without touching the global model", "[federated]") {
+  using S = double;
+  Vector<S> good = Vector<S>::Constant(4, 1.0);
+  const Vector<S> before = Vector<S>::LinSpaced(4, -1.0, 2.0);
+  Vector<S> global = before;
+  auto aggregate = [&](const std::vector<ClientUpdate<S>>& ups) {
+    FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(ups), global);
+  };
+
+  SECTION("NaN") {
+    Vector<S> bad = good;
+    bad[2] = std::numeric_limits<S>::quiet_NaN();
+    CHECK_THROWS_WITH(aggregate({{0, good, 5}, {7, bad, 5}}), Contains("client 7") && Contains("non-finite"));
+  }
+  SECTION("infinity") {
+    Vector<S> bad = good;
+    bad[0] = -std::numeric_limits<S>::infinity();
+    CHECK_THROWS_WITH(aggregate({{5, bad, 5}, {6, good, 5}}), Contains("client 5") && Contains("non-finite"));
+  }
+  SECTION("wrong size") {
+    CHECK_THROWS_WITH(aggregate({{0, good, 5}, {3, Vector<S>::Constant(3, 1.0), 5}}),
+                      Contains("client 3") && Contains("has 3 parameters") && Contains("expected 4"));
+  }
+  SECTION("zero samples") {
+    CHECK_THROWS_WITH(aggregate({{2, good, 0}, {4, good, 5}}),
+                      Contains("client 2") && Contains("0 samples") && Contains("expected > 0"));
+  }
+  SECTION("empty update list") {
+    CHECK_THROWS_WITH(aggregate({}), Contains("at least one client update") && Contains("got 0"));
+  }
+  CHECK(same_vector(global, before));
+}
+
+TEST_CASE("the server rejects a NaN upload through the transport and keeps its global model", "[federated]") {
+  const Vector<float> initial = Vector<float>::LinSpaced(6, 0.0f, 1.0f);
+  Server<float> server(initial);
+  InProcessTransport<float> transport;
+  server.publish(transport);
+  Vector<float> bad = Vector<float>::Ones(6);
+  bad[4] = std::numeric_limits<float>::quiet_NaN();
+  transport.upload({1, Vector<float>::Zero(6), 10});
+  transport.upload({9, bad, 10});
+  CHECK_THROWS_WITH(server.aggregate(transport), Contains("client 9"));
+  CHECK(same_vector(server.global(), initial));
+  // A good round afterwards works: the sample-weighted mean of the two uploads.
+  transport.upload({2, Vector<float>::Constant(6, 3.0f), 30});
+  transport.upload({1, Vector<float>::Constant(6, -1.0f), 10});
+  CHECK(server.aggregate(transport) == 2);
+  for (Index i = 0; i < 6; ++i) CHECK(server.global()[i] == Approx((3.0 * 30 - 1.0 * 10) / 40));
+  CHECK_THROWS_WITH(server.set_global(Vector<float>::Zero(5)), Contains("expected 6") && Contains("got 5"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Opt-out
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("opted-out clients' data and parameters never reach the server", "[federated]") {
+  const SmallFederation f(8, {1, 4, 6});
+  Mlp<float> model = f.model();
+  const Index num_params = model.num_params();
+
+  struct Upload {
+    std::int64_t client;
+    Index size, samples;
+  };
+  std::vector<Upload> uploads;  // the observers run under the transport's lock
+  std::vector<ValidationReport> reports;
+  InProcessTransport<float> transport(
+      [&](const ClientUpdate<float>& u) { uploads.push_back({u.client, u.parameters.size(), u.num_samples}); },
+      [&](const ValidationReport& r) { reports.push_back(r); });
+
+  const Index per_round = 3;
+  const int rounds = 6;
+  std::vector<std::size_t> uploads_after_round;
+  const FederationResult result = train_federated(model, f.clients, transport, small_config(per_round, rounds, 2),
+                                                  [&](int, int, double) { uploads_after_round.push_back(uploads.size()); });
+
+  REQUIRE(result.rounds == rounds);
+  CHECK(uploads.size() == std::size_t(rounds * per_round));
+  for (const Upload& u : uploads) {
+    INFO("upload from client " << u.client);
+    CHECK_FALSE(contains(f.opted_out, u.client));
+    CHECK(u.size == num_params);
+    CHECK(u.samples == SmallFederation::n_train);
+  }
+  // Each round: exactly per_round uploads, from distinct clients.
+  REQUIRE(uploads_after_round.size() == std::size_t(rounds));
+  std::size_t start = 0;
+  for (std::size_t r = 0; r < uploads_after_round.size(); ++r) {
+    INFO("round " << r + 1);
+    CHECK(uploads_after_round[r] - start == std::size_t(per_round));
+    std::set<std::int64_t> round_clients;
+    for (std::size_t i = start; i < uploads_after_round[r]; ++i) round_clients.insert(uploads[i].client);
+    CHECK(round_clients.size() == std::size_t(per_round));
+    start = uploads_after_round[r];
+  }
+  // Validation reports: at every check, one from each opted-in client and none from the others.
+  const std::size_t opted_in = f.clients.size() - f.opted_out.size();
+  CHECK(result.val_history.size() == std::size_t(1 + rounds / 2));
+  CHECK(reports.size() == result.val_history.size() * opted_in);
+  std::set<std::int64_t> reporters;
+  for (const ValidationReport& r : reports) {
+    INFO("report from client " << r.client);
+    CHECK_FALSE(contains(f.opted_out, r.client));
+    CHECK(r.samples == SmallFederation::n_val);
+    reporters.insert(r.client);
+  }
+  CHECK(reporters.size() == opted_in);
+  CHECK(transport.collect().empty());
+  CHECK(transport.collect_reports().empty());
+}
+
+TEST_CASE("an opted-out client refuses to participate or report", "[federated]") {
+  const SmallFederation f(5, {3});
+  Mlp<float> workspace = f.model();
+  std::size_t sent = 0;
+  InProcessTransport<float> transport([&](const ClientUpdate<float>&) { ++sent; },
+                                      [&](const ValidationReport&) { ++sent; });
+  transport.broadcast(workspace.parameters());
+  Rng rng(1);
+  const Client<float>& out = f.clients[3];
+  REQUIRE(out.opted_out());
+  CHECK_THROWS_WITH(out.participate(transport, workspace, LocalUpdateConfig{}, rng),
+                    Contains("Client 3") && Contains("opted out"));
+  CHECK_THROWS_WITH(out.report_validation(transport, workspace), Contains("Client 3") && Contains("opted out"));
+  CHECK(sent == 0);
+  // An opted-in client does send (so the count above can move).
+  f.clients[2].participate(transport, workspace, LocalUpdateConfig{1, 10, 1e-3}, rng);
+  f.clients[2].report_validation(transport, workspace);
+  CHECK(sent == 2);
+
+  // The federation needs opted-in clients, and at most that many per round.
+  const SmallFederation all_out(3, {0, 1, 2});
+  Mlp<float> model = all_out.model();
+  CHECK_THROWS_WITH(train_federated(model, all_out.clients, transport, small_config(1, 1)),
+                    Contains("did not opt out") && Contains("got 0 of 3"));
+  CHECK_THROWS_WITH(train_federated(model, f.clients, transport, small_config(5, 1)),
+                    Contains("[1, 4]") && Contains("got 5"));
+}
+
+TEST_CASE("a client refuses a broadcast of the wrong size instead of resizing its workspace", "[federated]") {
+  const SmallFederation f(3, {});
+  Mlp<float> workspace = f.model();
+  const Index n = workspace.num_params();
+  std::size_t sent = 0;
+  InProcessTransport<float> transport([&](const ClientUpdate<float>&) { ++sent; },
+                                      [&](const ValidationReport&) { ++sent; });
+  Rng rng(1);
+  // Nothing broadcast yet: an empty global model (assigning it would empty the workspace).
+  CHECK_THROWS_WITH(f.clients[0].participate(transport, workspace, LocalUpdateConfig{}, rng),
+                    Contains("Client 0") && Contains("expected a broadcast global model of " + std::to_string(n)) &&
+                        Contains("got 0"));
+  CHECK_THROWS_WITH(f.clients[1].report_validation(transport, workspace),
+                    Contains("Client 1") && Contains(std::to_string(n)) && Contains("got 0"));
+  transport.broadcast(Vector<float>::Zero(n + 1));
+  CHECK_THROWS_WITH(f.clients[2].participate(transport, workspace, LocalUpdateConfig{}, rng),
+                    Contains("Client 2") && Contains("got " + std::to_string(n + 1)));
+  CHECK(workspace.parameters().size() == n);
+  CHECK(sent == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The specialist and the gate never leave the client
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("personalisation uploads nothing and the specialist and gate never equal an upload", "[federated]") {
+  const SmallFederation f(6, {2});
+  Mlp<float> model = f.model();
+  std::vector<Vector<float>> uploaded;
+  std::size_t reports = 0;
+  InProcessTransport<float> transport([&](const ClientUpdate<float>& u) { uploaded.push_back(u.parameters); },
+                                      [&](const ValidationReport&) { ++reports; });
+  train_federated(model, f.clients, transport, small_config(2, 4));
+  const std::size_t fed_uploads = uploaded.size(), fed_reports = reports;
+  REQUIRE(fed_uploads == 8);
+
+  const std::vector<Index> global_test = iota_indices(f.test.size());
+  const double global_acc = evaluate(model, f.test, global_test).accuracy;
+  // Client 0 opted in, client 2 opted out; the mixture's expert from the fine-tuned model or from scratch.
+  const std::pair<ExpertInit, std::int64_t> cases[] = {
+      {ExpertInit::finetuned, 0}, {ExpertInit::finetuned, 2}, {ExpertInit::scratch, 0}, {ExpertInit::scratch, 2}};
+  for (const auto& [init, id] : cases) {
+    INFO("client " << id << ", mixture expert " << to_string(init));
+    PersonalizeConfig pc = small_personalize_config();
+    pc.expert_init = init;
+    Mlp<float> expert = f.model(100);
+    MlpGate<float> gate = f.gate();
+    const ClientResult r = personalize(f.clients[std::size_t(id)], model, expert, gate, f.test, global_test, pc,
+                                       global_acc);
+    CHECK(r.client == id);
+    CHECK(r.opted_out == (id == 2));
+    CHECK(uploaded.size() == fed_uploads);
+    CHECK(reports == fed_reports);
+    CHECK(transport.collect().empty());
+    CHECK(transport.collect_reports().empty());
+    // The personalised models' parameters (compared by size and values) were never uploaded.
+    for (std::size_t u = 0; u < uploaded.size(); ++u) {
+      INFO("upload " << u);
+      CHECK_FALSE(same_vector(uploaded[u], expert.parameters()));
+      CHECK_FALSE(same_vector(uploaded[u], gate.parameters()));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Determinism
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("train_federated is bitwise identical for any thread count", "[federated]") {
+  const SmallFederation f(7, {5});
+  std::set<std::thread::id> uploaders;
+  auto run = [&](std::size_t threads, std::uint64_t seed) {
+    Mlp<float> model = f.model();
+    // The observer runs in the uploading worker, under the transport's lock: sleeping there keeps
+    // that worker busy, so the other workers take tasks too (tiny tasks could otherwise all be
+    // done by the first worker before the others start, and the test would not exercise them).
+    uploaders.clear();
+    InProcessTransport<float> transport([&](const ClientUpdate<float>&) {
+      uploaders.insert(std::this_thread::get_id());
+      std::this_thread::sleep_for(std::chrono::milliseconds(4));
+    });
+    FederationConfig cfg = small_config(4, 5, threads);
+    cfg.seed = seed;
+    const FederationResult r = train_federated(model, f.clients, transport, cfg);
+    return std::make_pair(Vector<float>(model.parameters()), r);
+  };
+  const auto [p1, r1] = run(1, 3);
+  CHECK(uploaders.size() == 1);
+  for (const std::size_t threads : {std::size_t(2), std::size_t(3)}) {
+    INFO(threads << " threads");
+    const auto [p, r] = run(threads, 3);
+    CHECK(uploaders.size() > 1);  // several workers did run clients
+    CHECK(same_vector(p, p1));
+    CHECK(r.rounds == r1.rounds);
+    CHECK(r.best_round == r1.best_round);
+    CHECK(r.best_val_loss == r1.best_val_loss);
+    CHECK(r.val_history == r1.val_history);
+  }
+  // The seed does matter (so equality above is not vacuous).
+  CHECK_FALSE(same_vector(run(1, 4).first, p1));
+  CHECK_FALSE(same_vector(p1, f.model().parameters()));
+}
+
+TEST_CASE("personalize with the same seed gives an identical ClientResult", "[federated]") {
+  const SmallFederation f(4, {});
+  Mlp<float> model = f.model();
+  InProcessTransport<float> transport;
+  train_federated(model, f.clients, transport, small_config(2, 2));
+  const std::vector<Index> global_test = iota_indices(f.test.size());
+  const PersonalizeConfig pc = small_personalize_config();
+  auto run = [&](std::uint64_t workspace_seed, std::uint64_t seed) {
+    // Workspaces in different prior states: personalize must not depend on them.
+    Mlp<float> expert = f.model(workspace_seed);
+    MlpGate<float> gate = f.gate();
+    Rng rng(workspace_seed);
+    gate.init(rng);
+    PersonalizeConfig c = pc;
+    c.seed = seed;
+    const ClientResult r = personalize(f.clients[1], model, expert, gate, f.test, global_test, c, 0.5);
+    return std::make_tuple(r, Vector<float>(expert.parameters()), Vector<float>(gate.parameters()));
+  };
+  const auto [a, ea, ga] = run(1, 17);
+  const auto [b, eb, gb] = run(2, 17);
+  CHECK(a.client == b.client);
+  CHECK(a.opted_out == b.opted_out);
+  for (int m = 0; m < 4; ++m) {
+    INFO(method_names[m]);
+    CHECK(a.local_acc[m] == b.local_acc[m]);
+    CHECK(a.global_acc[m] == b.global_acc[m]);
+  }
+  CHECK(a.mean_gate_local == b.mean_gate_local);
+  CHECK(a.mean_gate_global == b.mean_gate_global);
+  for (int k = 0; k < 3; ++k) {
+    INFO("fit " << k);
+    CHECK(a.fits[k].epochs == b.fits[k].epochs);
+    CHECK(a.fits[k].best_epoch == b.fits[k].best_epoch);
+    CHECK(a.fits[k].best_val_loss == b.fits[k].best_val_loss);
+  }
+  CHECK(same_vector(ea, eb));
+  CHECK(same_vector(ga, gb));
+  // A different seed gives a different personalisation.
+  const auto [c, ec, gc] = run(1, 18);
+  CHECK_FALSE(same_vector(gc, ga));
+}
+
+TEST_CASE("personalize rejects an expert workspace of another size instead of resizing it", "[federated]") {
+  const SmallFederation f(2, {});
+  Mlp<float> model = f.model();
+  Mlp<float> wider = mlp<float>(Shape{SmallFederation::dim, 1, 1}, SmallFederation::classes, 32);  // same type
+  MlpGate<float> gate = f.gate();
+  const std::vector<Index> global_test = iota_indices(f.test.size());
+  CHECK_THROWS_WITH(personalize(f.clients[0], model, wider, gate, f.test, global_test, small_personalize_config(), 0.5),
+                    Contains("expected an expert workspace of " + std::to_string(model.num_params())) &&
+                        Contains("got " + std::to_string(wider.num_params())));
+}
+
+TEST_CASE("without validation data the federation runs every round and keeps the last model", "[federated]") {
+  SmallFederation f(3, {});
+  std::vector<Client<float>> no_val;
+  for (const auto& c : f.clients) {
+    ClientSplit s = c.split();
+    s.val.clear();
+    no_val.emplace_back(c.id(), f.train, s, false);
+  }
+  Mlp<float> model = f.model();
+  InProcessTransport<float> transport;
+  FederationConfig cfg = small_config(2, 7);
+  cfg.check_every = 1;
+  cfg.patience = 1;  // with NaN losses counted as "no improvement" this would stop after 1 check
+  const FederationResult r = train_federated(model, no_val, transport, cfg);
+  CHECK(r.rounds == 7);
+  CHECK(r.best_round == 0);
+}
+
+TEST_CASE("train_federated rejects client ids outside the random-stream range", "[federated]") {
+  SmallFederation f(2, {});
+  std::vector<Client<float>> clients{Client<float>(std::int64_t(1) << 20, f.train, f.clients[0].split(), false)};
+  Mlp<float> model = f.model();
+  InProcessTransport<float> transport;
+  CHECK_THROWS_WITH(train_federated(model, clients, transport, small_config(1, 1)),
+                    Contains("client ids in [0, 2^20)") && Contains("got 1048576"));
+}
