@@ -15,6 +15,15 @@
 ///
 /// Reproducibility: client sampling draws from Rng::stream(seed, 0); client k in round r
 /// from Rng::stream(seed, 1 + r * 2^20 + k). Results are bitwise identical for any thread count.
+///
+/// Distributed transports (see transport.hpp, "Roles"): every process runs this same loop with
+/// the same sampler stream, so all agree on the sampled clients without communication; each
+/// trains and reports only the clients it owns; the server process aggregates (in client-id
+/// order, as in process) and computes the validation loss, which `transport_share` hands to
+/// every process so that all take the same early-stopping decisions. The non-server processes
+/// keep a replica of the global parameters, refreshed from each broadcast; every loop exit is a
+/// checkpoint whose broadcast carries the final averaged model, so `global_model` receives the
+/// same parameters on every process. Results are bitwise those of the in-process run.
 #include <functional>
 #include <vector>
 
@@ -83,12 +92,25 @@ FederationResult train_federated(M& global_model, const std::vector<Client<typen
   EarlyStopping<S> stop(config.patience);
   FederationResult result;
 
-  auto check = [&](int round) {
+  const bool is_server = transport_is_server(transport);
+  auto owned = [&](const std::vector<std::size_t>& ids) {  // the clients this process hosts
+    std::vector<std::size_t> mine;
+    for (std::size_t i : ids)
+      if (transport_owns(transport, clients[i].id())) mine.push_back(i);
+    return mine;
+  };
+  auto publish = [&] {
     server.publish(transport);
-    parallel_for(opted_in.size(), workspaces.size(), [&](std::size_t i, std::size_t w) {
-      clients[opted_in[i]].report_validation(transport, workspaces[w]);
+    if (!is_server) server.set_global(transport.global());  // replica of the server's model
+  };
+  const std::vector<std::size_t> reporters = owned(opted_in);
+
+  auto check = [&](int round) {
+    publish();
+    parallel_for(reporters.size(), workspaces.size(), [&](std::size_t i, std::size_t w) {
+      clients[reporters[i]].report_validation(transport, workspaces[w]);
     });
-    const double loss = server.validation_loss(transport);
+    const double loss = transport_share(transport, server.validation_loss(transport));
     result.val_history.emplace_back(round, loss);
     if (std::isnan(loss)) return false;  // no opted-in client has validation data: no early stopping
     const int before = stop.best_check();
@@ -110,7 +132,8 @@ FederationResult train_federated(M& global_model, const std::vector<Client<typen
     }
     std::vector<std::size_t> chosen(pool.begin(), pool.begin() + config.clients_per_round);
     std::sort(chosen.begin(), chosen.end());
-    server.publish(transport);
+    chosen = owned(chosen);
+    publish();
     parallel_for(chosen.size(), workspaces.size(), [&](std::size_t i, std::size_t w) {
       const auto& client = clients[chosen[i]];
       Rng rng = Rng::stream(config.seed, detail::client_stream_id(std::uint64_t(round), std::uint64_t(client.id())));

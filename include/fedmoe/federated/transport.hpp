@@ -9,8 +9,19 @@
 /// server: everything the server learns passes through here, which is what makes
 /// "opt-out clients send nothing" and "specialist and gate never leave the client"
 /// checkable (see InProcessTransport's observer, used by the tests).
+///
+/// Roles (optional members, for transports that span processes, e.g. MpiTransport in
+/// fedmoe/distributed/mpi.hpp). Every process runs the same federation loop; a transport may say
+///  - `bool is_server() const`: this process plays the server (aggregates, decides);
+///  - `bool owns(std::int64_t client) const`: this process hosts that client (trains it);
+///  - `double share(double v)`: every process returns the server's `v` (a collective);
+/// and then `broadcast`, `collect` and `collect_reports` are collectives that every process
+/// calls in the same order. A transport without these members is a single process that is
+/// server and hosts every client (`transport_is_server`, `transport_owns`, `transport_share`
+/// below supply those defaults), so the in-process path runs exactly as before.
 #include <algorithm>
 #include <concepts>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <vector>
@@ -35,6 +46,27 @@ concept Transport = requires(T t, const Vector<Scalar>& global, ClientUpdate<Sca
   t.report(r);
   { t.collect_reports() } -> std::same_as<std::vector<ValidationReport>>;
 };
+
+/// True if this process plays the server (default: true).
+template <class T>
+bool transport_is_server(const T& t) {
+  if constexpr (requires { { t.is_server() } -> std::convertible_to<bool>; }) return t.is_server();
+  else return true;
+}
+
+/// True if this process hosts `client` (default: true, every client is local).
+template <class T>
+bool transport_owns(const T& t, std::int64_t client) {
+  if constexpr (requires { { t.owns(client) } -> std::convertible_to<bool>; }) return t.owns(client);
+  else return true;
+}
+
+/// The server's `value` on every process (default: `value`, there is only one process).
+template <class T>
+double transport_share(T& t, double value) {
+  if constexpr (requires { { t.share(value) } -> std::convertible_to<double>; }) return t.share(value);
+  else return value;
+}
 
 /// In-process transport: updates are moved, never copied. Thread-safe uploads.
 /// An optional observer sees every upload (for instrumentation and tests).

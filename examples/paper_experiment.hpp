@@ -1,0 +1,510 @@
+#pragma once
+// The paper experiment of fedmoe-paper and fedmoe-paper-mpi (Listo Zec et al., "Specialized
+// federated learning using a mixture of experts", arXiv 2010.02056), templated on a runtime that
+// supplies the transport: InProcessRuntime (one process, fedmoe-paper) or an MPI runtime
+// (fedmoe-paper-mpi). Both binaries take the same flags (add_options) and run the same code, so
+// the results of an MPI run are bitwise those of the in-process run with the same seed.
+//
+// For each opt-out fraction and each majority fraction p: partition the data over the clients,
+// train the global model with FedAvg (opted-out clients never send anything), then personalise
+// every client (specialist, fine-tuned, mixture of experts) and evaluate every client on its
+// local test set and on the global test set. Prints the paper-style table; --json / --csv / --plot.
+//
+// A runtime provides: `bool is_root() const` (this process prints and writes the outputs),
+// `make_transport()` (a fresh transport per setting, returned by value), and
+// `void json_timing(std::ostream&) const` (extra fields of the JSON "timing" object).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+
+#include <fedmoe/data/partition.hpp>
+#include <fedmoe/federated/federation.hpp>
+#include <fedmoe/federated/personalize.hpp>
+#include <fedmoe/io/idx.hpp>
+#include <fedmoe/io/npy.hpp>
+#include <fedmoe/models/paper.hpp>
+
+namespace fedmoe_paper {
+
+using namespace fedmoe;
+using Clock = std::chrono::steady_clock;
+
+/// One process: InProcessTransport, every client local.
+struct InProcessRuntime {
+  bool is_root() const { return true; }
+  InProcessTransport<float> make_transport() const { return InProcessTransport<float>(); }
+  void json_timing(std::ostream&) const {}
+};
+
+
+struct Options {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::string dataset = "fashion-mnist";  // fashion-mnist | idx | npy
+  std::string model = "cnn";              // cnn | mlp
+  Index clients = 20;
+  Index n_train = 100, n_val = 200, n_test = 200;
+  std::string partition = "majority";  // majority | dirichlet | iid
+  double alpha = 0.5;
+  std::vector<double> p{0.5, 0.8, 1.0};
+  std::vector<double> opt_out{0.5};
+  Index clients_per_round = 5;
+  double client_fraction = 0;  // if > 0, overrides clients_per_round
+  int rounds = 100;
+  int check_every = 20;
+  int patience = 5;
+  int local_epochs = 3;
+  Index batch = 10;
+  double lr_fedavg = 1e-3, lr_specialist = 1e-3, lr_finetune = 1e-4, lr_gate = 1e-3, lr_expert = 0;
+  int max_epochs = 500, epoch_check = 5, epoch_patience = 10;
+  std::string expert_init = "finetuned";
+  Index global_test = 2000;  // 0: the full test split
+  std::uint64_t seed = 1;
+  std::size_t threads = 2;
+  double dropout = 0.5;
+  std::string json, csv, plot;
+  bool full = false;
+};
+
+struct Stat {
+  double mean = 0, std = 0;
+  Index n = 0;
+};
+inline Stat stat_of(const std::vector<double>& v) {
+  Stat s;
+  s.n = Index(v.size());
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  for (double x : v) s.std += (x - s.mean) * (x - s.mean);
+  s.std = std::sqrt(s.std / double(v.size()));
+  return s;
+}
+
+struct Row {
+  double p, opt_out;
+  std::string method, group;  // group: all | opt_in | opt_out
+  Stat local, global;
+  double mean_gate_local = -1, mean_gate_global = -1;
+};
+
+struct Setting {
+  double p, opt_out;
+  FederationResult fed;
+  std::vector<ClientResult> clients;
+  double seconds = 0;
+};
+
+class Progress {
+public:
+  explicit Progress(bool enabled = true) : m_tty(enabled && isatty(fileno(stderr))), m_start(Clock::now()) {}
+  void line(const std::string& what, double fraction) {
+    if (!m_tty) return;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - m_start).count();
+    std::ostringstream eta;
+    if (fraction > 0.01) eta << " ETA " << int(elapsed / fraction - elapsed) << "s";
+    std::fprintf(stderr, "\r\033[K%s (%.0f%%, %ds elapsed%s)", what.c_str(), 100 * fraction, int(elapsed),
+                 eta.str().c_str());
+    std::fflush(stderr);
+  }
+  void done() {
+    if (m_tty) std::fprintf(stderr, "\r\033[K");
+  }
+
+private:
+  bool m_tty;
+  Clock::time_point m_start;
+};
+
+template <class Runtime, class M, class G>
+Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<float>& train, const Dataset<float>& test,
+                    std::span<const Index> global_test, double p, double opt_out, M model, G gate, Progress& progress,
+                    double done_before, double share) {
+  const auto start = Clock::now();
+  Setting s{p, opt_out, {}, {}, 0};
+  // Partition (seeded by seed and p so every setting of a sweep is reproducible on its own).
+  Rng prng = Rng::stream(o.seed, 1000 + std::uint64_t(std::llround(p * 1000)));
+  PartitionSpec spec{o.clients, o.n_train, o.n_val, o.n_test, p};
+  Partition part = o.partition == "majority"    ? partition_majority(train.labels, test.labels, train.classes, spec, prng)
+                   : o.partition == "dirichlet" ? partition_dirichlet(train.labels, test.labels, train.classes, spec,
+                                                                      o.alpha, prng)
+                                                : partition_iid(train.labels, test.labels, train.classes, spec, prng);
+  // Opt-out set: a seeded choice of round(opt_out * clients) clients.
+  std::vector<Index> order(std::size_t(o.clients));
+  for (Index i = 0; i < o.clients; ++i) order[std::size_t(i)] = i;
+  Rng orng = Rng::stream(o.seed, 2000 + std::uint64_t(std::llround(opt_out * 1000)));
+  orng.shuffle(order.begin(), order.end());
+  const Index n_out = Index(std::llround(opt_out * double(o.clients)));
+  std::vector<bool> is_out(std::size_t(o.clients), false);
+  for (Index i = 0; i < n_out; ++i) is_out[std::size_t(order[std::size_t(i)])] = true;
+  std::vector<Client<float>> clients;
+  for (Index i = 0; i < o.clients; ++i)
+    clients.emplace_back(i, train, std::move(part.clients[std::size_t(i)]), is_out[std::size_t(i)]);
+  const Index opted_in = o.clients - n_out;
+  FEDMOE_CHECK(opted_in > 0, "fedmoe-paper: opt-out fraction ", opt_out, " leaves no client in the federation (",
+               o.clients, " clients)");
+
+  // FedAvg.
+  Rng irng = Rng::stream(o.seed, 3000);
+  model.init(irng);
+  FederationConfig fc;
+  fc.clients_per_round = o.client_fraction > 0 ? clients_for_fraction(o.client_fraction, opted_in)
+                                               : std::min(o.clients_per_round, opted_in);
+  fc.local = {o.local_epochs, o.batch, o.lr_fedavg};
+  fc.max_rounds = o.rounds;
+  fc.check_every = o.check_every;
+  fc.patience = o.patience;
+  fc.threads = o.threads;
+  fc.seed = o.seed;
+  auto transport = runtime.make_transport();
+  std::ostringstream label;
+  label << "p=" << p << " opt-out=" << opt_out;
+  s.fed = train_federated(model, clients, transport, fc, [&](int r, int max_r, double val) {
+    std::ostringstream l;
+    l << label.str() << ": FedAvg round " << r << "/" << max_r << " val loss " << std::setprecision(4) << val;
+    progress.line(l.str(), done_before + share * 0.4 * r / std::max(1, max_r));
+  });
+
+  // Personalisation of every client hosted here, in parallel; results land in per-client slots
+  // (in process: every client; over MPI: each rank its own, then the metrics go to rank 0).
+  PersonalizeConfig pc;
+  pc.fit = {o.max_epochs, o.epoch_check, o.epoch_patience, o.batch};
+  pc.lr_specialist = o.lr_specialist;
+  pc.lr_finetune = o.lr_finetune;
+  pc.lr_gate = o.lr_gate;
+  pc.lr_expert = o.lr_expert;
+  pc.expert_init = o.expert_init == "scratch" ? ExpertInit::scratch : ExpertInit::finetuned;
+  pc.seed = o.seed;
+  const double global_acc = [&] {  // a scratch copy: its activation buffers are freed right away
+    M global_copy = model;
+    return evaluate(global_copy, test, global_test).accuracy;
+  }();
+  s.clients.resize(clients.size());
+  std::vector<M> experts(o.threads, model);
+  std::vector<G> gates(o.threads, gate);
+  std::atomic<int> finished{0};
+  std::mutex progress_mutex;
+  std::vector<std::size_t> hosted;
+  for (std::size_t i = 0; i < clients.size(); ++i)
+    if (transport_owns(transport, clients[i].id())) hosted.push_back(i);
+  parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
+    const std::size_t i = hosted[h];
+    s.clients[i] = personalize(clients[i], model, experts[w], gates[w], test, global_test, pc, global_acc);
+    const int f = ++finished;
+    std::lock_guard lock(progress_mutex);
+    std::ostringstream l;
+    l << label.str() << ": personalised " << f << "/" << clients.size() << " clients";
+    progress.line(l.str(), done_before + share * (0.4 + 0.6 * f / double(hosted.size())));
+  });
+  if constexpr (requires { transport.gather_results(s.clients); }) transport.gather_results(s.clients);
+  s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return s;
+}
+
+inline std::vector<Row> summarise(const Setting& s) {
+  std::vector<Row> rows;
+  for (const char* group : {"all", "opt_in", "opt_out"}) {
+    for (int m = 0; m < 4; ++m) {
+      std::vector<double> loc, glo, gl, gg;
+      for (const auto& c : s.clients) {
+        if ((std::string(group) == "opt_in" && c.opted_out) || (std::string(group) == "opt_out" && !c.opted_out))
+          continue;
+        loc.push_back(c.local_acc[m]);
+        glo.push_back(c.global_acc[m]);
+        gl.push_back(c.mean_gate_local);
+        gg.push_back(c.mean_gate_global);
+      }
+      if (loc.empty()) continue;
+      Row r{s.p, s.opt_out, method_names[m], group, stat_of(loc), stat_of(glo)};
+      if (m == 3) {
+        r.mean_gate_local = stat_of(gl).mean;
+        r.mean_gate_global = stat_of(gg).mean;
+      }
+      rows.push_back(r);
+    }
+  }
+  return rows;
+}
+
+inline void print_table(const std::vector<Row>& rows, std::ostream& out) {
+  out << "\nAccuracy % over clients (mean +- std), local test / global test; group: all clients\n";
+  out << std::left << std::setw(6) << "p" << std::setw(9) << "opt-out" << std::setw(12) << "method" << std::setw(18)
+      << "local test" << std::setw(18) << "global test" << "mean gate (local/global)\n";
+  out << std::string(84, '-') << "\n";
+  for (const auto& r : rows) {
+    if (r.group != "all") continue;
+    std::ostringstream l, g;
+    l << std::fixed << std::setprecision(1) << 100 * r.local.mean << " +- " << 100 * r.local.std;
+    g << std::fixed << std::setprecision(1) << 100 * r.global.mean << " +- " << 100 * r.global.std;
+    out << std::left << std::setw(6) << r.p << std::setw(9) << r.opt_out << std::setw(12) << r.method << std::setw(18)
+        << l.str() << std::setw(18) << g.str();
+    if (r.mean_gate_local >= 0)
+      out << std::fixed << std::setprecision(2) << r.mean_gate_local << " / " << r.mean_gate_global;
+    out << std::defaultfloat << "\n";
+  }
+}
+
+inline std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\';
+    o += c;
+  }
+  return o;
+}
+
+template <class Runtime>
+void write_json(const Runtime& runtime, const std::string& path, const Options& o, const std::vector<Row>& rows,
+                const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+  std::ofstream f(path);
+  FEDMOE_CHECK(f.good(), "fedmoe-paper: cannot write --json file '", path, "'");
+  f << std::setprecision(10);
+  f << "{\n  \"config\": {\"data\": \"" << json_escape(o.data) << "\", \"dataset\": \"" << o.dataset
+    << "\", \"model\": \"" << o.model << "\", \"clients\": " << o.clients << ", \"n_train\": " << o.n_train
+    << ", \"n_val\": " << o.n_val << ", \"n_test\": " << o.n_test << ", \"partition\": \"" << o.partition
+    << "\", \"alpha\": " << o.alpha << ", \"clients_per_round\": " << o.clients_per_round
+    << ", \"client_fraction\": " << o.client_fraction << ", \"rounds\": " << o.rounds
+    << ", \"check_every\": " << o.check_every << ", \"patience\": " << o.patience
+    << ", \"local_epochs\": " << o.local_epochs << ", \"batch\": " << o.batch << ", \"lr_fedavg\": " << o.lr_fedavg
+    << ", \"lr_specialist\": " << o.lr_specialist << ", \"lr_finetune\": " << o.lr_finetune
+    << ", \"lr_gate\": " << o.lr_gate << ", \"lr_expert\": " << o.lr_expert << ", \"max_epochs\": " << o.max_epochs
+    << ", \"epoch_check\": " << o.epoch_check << ", \"epoch_patience\": " << o.epoch_patience
+    << ", \"expert_init\": \"" << o.expert_init << "\", \"global_test\": " << o.global_test
+    << ", \"seed\": " << o.seed << ", \"threads\": " << o.threads << ", \"dropout\": " << o.dropout << "},\n";
+  f << "  \"results\": [\n";
+  bool first = true;
+  for (const auto& r : rows) {
+    if (r.group != "all") continue;
+    f << (first ? "" : ",\n") << "    {\"p\": " << r.p << ", \"opt_out\": " << r.opt_out << ", \"method\": \""
+      << r.method << "\", \"local_test_acc\": " << r.local.mean << ", \"local_test_acc_std\": " << r.local.std
+      << ", \"global_test_acc\": " << r.global.mean << ", \"global_test_acc_std\": " << r.global.std
+      << ", \"clients\": " << r.local.n;
+    if (r.mean_gate_local >= 0) f << ", \"mean_gate_local\": " << r.mean_gate_local;
+    f << "}";
+    first = false;
+  }
+  f << "\n  ],\n  \"groups\": [\n";
+  first = true;
+  for (const auto& r : rows) {
+    if (r.group == "all") continue;
+    f << (first ? "" : ",\n") << "    {\"p\": " << r.p << ", \"opt_out\": " << r.opt_out << ", \"group\": \""
+      << r.group << "\", \"method\": \"" << r.method << "\", \"local_test_acc\": " << r.local.mean
+      << ", \"local_test_acc_std\": " << r.local.std << ", \"global_test_acc\": " << r.global.mean
+      << ", \"global_test_acc_std\": " << r.global.std << ", \"clients\": " << r.local.n << "}";
+    first = false;
+  }
+  f << "\n  ],\n  \"federation\": [\n";
+  for (std::size_t i = 0; i < settings.size(); ++i) {
+    const auto& s = settings[i];
+    f << "    {\"p\": " << s.p << ", \"opt_out\": " << s.opt_out << ", \"rounds\": " << s.fed.rounds
+      << ", \"best_round\": " << s.fed.best_round << ", \"best_val_loss\": " << s.fed.best_val_loss
+      << ", \"seconds\": " << s.seconds << "}" << (i + 1 < settings.size() ? ",\n" : "\n");
+  }
+  f << "  ],\n  \"timing\": {\"total_seconds\": " << total_seconds << ", \"peak_rss_mib\": " << double(peak_kib) / 1024
+    << ", \"threads\": " << o.threads;
+  runtime.json_timing(f);
+  f << "}\n}\n";
+}
+
+inline void write_csv(const std::string& path, const std::vector<Row>& rows) {
+  std::ofstream f(path);
+  FEDMOE_CHECK(f.good(), "fedmoe-paper: cannot write --csv file '", path, "'");
+  f << "p,opt_out,group,method,local_test_acc,local_test_acc_std,global_test_acc,global_test_acc_std,clients\n";
+  f << std::setprecision(10);
+  for (const auto& r : rows)
+    f << r.p << ',' << r.opt_out << ',' << r.group << ',' << r.method << ',' << r.local.mean << ',' << r.local.std
+      << ',' << r.global.mean << ',' << r.global.std << ',' << r.local.n << "\n";
+}
+
+// Accuracy against p per method, one panel per opt-out fraction, drawn by gnuplot.
+inline void write_plot(const std::string& path, const std::vector<Row>& rows, const std::vector<double>& opt_outs) {
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    std::cerr << "fedmoe-paper: gnuplot not found (apt-get install gnuplot-nox); no plot written to " << path << "\n";
+    return;
+  }
+  const auto dir = std::filesystem::temp_directory_path() / ("fedmoe-plot-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  for (std::size_t k = 0; k < opt_outs.size(); ++k)
+    for (const char* m : method_names) {
+      std::ofstream d(dir / ("d" + std::to_string(k) + "_" + m + ".dat"));
+      for (const auto& r : rows)
+        if (r.group == "all" && r.method == m && r.opt_out == opt_outs[k])
+          d << r.p << ' ' << 100 * r.local.mean << ' ' << 100 * r.local.std << ' ' << 100 * r.global.mean << "\n";
+    }
+  const bool svg = path.size() > 4 && path.substr(path.size() - 4) == ".svg";
+  std::ofstream g(dir / "plot.gp");
+  g << (svg ? "set terminal svg size " : "set terminal pngcairo size ") << 480 * opt_outs.size() << ",420\n";
+  g << "set output '" << path << "'\nset multiplot layout 1," << opt_outs.size() << "\n";
+  g << "set xlabel 'majority fraction p'\nset ylabel 'local test accuracy %'\nset key bottom right\nset grid\n";
+  for (std::size_t k = 0; k < opt_outs.size(); ++k) {
+    g << "set title 'opt-out " << opt_outs[k] << "'\nplot ";
+    for (int m = 0; m < 4; ++m)
+      g << (m ? ", " : "") << "'" << (dir / ("d" + std::to_string(k) + "_" + method_names[m] + ".dat")).string()
+        << "' using 1:2:3 with yerrorlines title '" << method_names[m] << "'";
+    g << "\n";
+  }
+  g << "unset multiplot\n";
+  g.close();
+  const std::string cmd = "gnuplot '" + (dir / "plot.gp").string() + "'";
+  if (std::system(cmd.c_str()) != 0) std::cerr << "fedmoe-paper: gnuplot failed; no plot written\n";
+  std::filesystem::remove_all(dir);
+}
+
+template <class Runtime, class M, class G>
+int run(const Runtime& runtime, const Options& o, M model, G gate) {
+  const bool root = runtime.is_root();
+  const auto start = Clock::now();
+  Dataset<float> train, test;
+  if (o.dataset == "npy") {
+    const std::string d = o.data + "/";
+    const Shape shape = model.input_shape();
+    train = load_npy_dataset<float>(d + "train_x.npy", d + "train_y.npy", shape, 10);
+    test = load_npy_dataset<float>(d + "test_x.npy", d + "test_y.npy", shape, 10);
+  } else {
+    train = load_fashion_mnist<float>(o.data, true);
+    test = load_fashion_mnist<float>(o.data, false);
+  }
+  if (model.input_shape() != train.shape) {  // the MLP reads flat vectors of the same pixels
+    FEDMOE_CHECK(model.input_size() == train.shape.size(), "fedmoe-paper: the model expects inputs of ",
+                 model.input_size(), " values, the data has samples of shape ", train.shape);
+  }
+  // Normalise as torchvision's Normalize((0.5,), (0.5,)) in the reference code: [0,1] -> [-1,1].
+  train.inputs.array() = train.inputs.array() * 2.0f - 1.0f;
+  test.inputs.array() = test.inputs.array() * 2.0f - 1.0f;
+
+  std::vector<Index> global_test(std::size_t(test.size()));
+  for (Index i = 0; i < test.size(); ++i) global_test[std::size_t(i)] = i;
+  if (o.global_test > 0 && o.global_test < test.size()) {
+    Rng g = Rng::stream(o.seed, 4000);
+    g.shuffle(global_test.begin(), global_test.end());
+    global_test.resize(std::size_t(o.global_test));
+    std::sort(global_test.begin(), global_test.end());
+  }
+
+  if (root) std::cerr << "fedmoe-paper: " << o.clients << " clients, " << o.model << ", p in {";
+  if (root) for (double p : o.p) std::cerr << p << (p == o.p.back() ? "" : ",");
+  if (root) std::cerr << "}, opt-out in {";
+  if (root) for (double x : o.opt_out) std::cerr << x << (x == o.opt_out.back() ? "" : ",");
+  if (root) std::cerr << "}, " << o.threads << " threads, global test " << global_test.size() << " images\n";
+
+  Progress progress(root);
+  std::vector<Setting> settings;
+  std::vector<Row> rows;
+  const double share = 1.0 / double(o.p.size() * o.opt_out.size());
+  for (double out : o.opt_out)
+    for (double p : o.p) {
+      const double done = share * double(settings.size());
+      settings.push_back(run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share));
+      progress.done();
+      const auto& s = settings.back();
+      if (root) std::cerr << "p=" << p << " opt-out=" << out << ": FedAvg " << s.fed.rounds << " rounds (best " << s.fed.best_round
+                << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
+      for (auto& r : summarise(s)) rows.push_back(r);
+    }
+  const double total = std::chrono::duration<double>(Clock::now() - start).count();
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  if (!root) return 0;
+  print_table(rows, std::cout);
+  std::cout << "\nexpert init: " << o.expert_init << "; wall time " << std::fixed << std::setprecision(1) << total
+            << " s; peak memory " << double(ru.ru_maxrss) / 1024 << " MiB\n";
+  if (!o.json.empty()) write_json(runtime, o.json, o, rows, settings, total, ru.ru_maxrss);
+  if (!o.csv.empty()) write_csv(o.csv, rows);
+  if (!o.plot.empty()) write_plot(o.plot, rows, o.opt_out);
+  return 0;
+}
+
+
+/// The flags of fedmoe-paper (and fedmoe-paper-mpi, which takes exactly the same).
+inline void add_options(CLI::App& app, Options& o) {
+  app.add_option("--data", o.data, "data directory (IDX .gz files, or train_x/train_y/test_x/test_y .npy)");
+  app.add_option("--dataset", o.dataset, "fashion-mnist | idx (any MNIST-format IDX set) | npy")
+      ->check(CLI::IsMember({"fashion-mnist", "idx", "npy"}));
+  app.add_option("--model", o.model, "cnn | mlp")->check(CLI::IsMember({"cnn", "mlp"}));
+  app.add_option("--clients", o.clients, "number of clients")->check(CLI::PositiveNumber);
+  app.add_option("--train-per-client", o.n_train, "training samples per client")->check(CLI::PositiveNumber);
+  app.add_option("--val-per-client", o.n_val, "validation samples per client")->check(CLI::NonNegativeNumber);
+  app.add_option("--test-per-client", o.n_test, "local test samples per client")->check(CLI::PositiveNumber);
+  app.add_option("--partition", o.partition, "majority | dirichlet | iid")
+      ->check(CLI::IsMember({"majority", "dirichlet", "iid"}));
+  app.add_option("--alpha", o.alpha, "Dirichlet concentration (--partition dirichlet)")->check(CLI::PositiveNumber);
+  app.add_option("--p", o.p, "list of majority fractions p (e.g. --p 0.2 0.5 1.0)")
+      ->check(CLI::Range(0.0, 1.0))->expected(1, -1);
+  app.add_option("--opt-out", o.opt_out, "list of opt-out fractions (clients that never send anything)")
+      ->check(CLI::Range(0.0, 1.0))->expected(1, -1);
+  app.add_option("--clients-per-round", o.clients_per_round, "COUNT of opted-in clients sampled per FedAvg round")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--client-fraction", o.client_fraction,
+                 "FRACTION of opted-in clients sampled per round (overrides --clients-per-round)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--rounds", o.rounds, "cap on FedAvg rounds")->check(CLI::NonNegativeNumber);
+  app.add_option("--round-check", o.check_every, "FedAvg validation every N rounds")->check(CLI::PositiveNumber);
+  app.add_option("--round-patience", o.patience, "FedAvg early-stopping patience (checks)")->check(CLI::PositiveNumber);
+  app.add_option("--local-epochs", o.local_epochs, "FedAvg local epochs")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "mini-batch size")->check(CLI::PositiveNumber);
+  app.add_option("--lr-fedavg", o.lr_fedavg, "Adam learning rate of FedAvg clients")->check(CLI::PositiveNumber);
+  app.add_option("--lr-specialist", o.lr_specialist, "Adam learning rate of the specialist")->check(CLI::PositiveNumber);
+  app.add_option("--lr-finetune", o.lr_finetune, "Adam learning rate of fine-tuning")->check(CLI::PositiveNumber);
+  app.add_option("--lr-gate", o.lr_gate, "Adam learning rate of the mixture's gate")->check(CLI::PositiveNumber);
+  app.add_option("--lr-expert", o.lr_expert,
+                 "Adam learning rate of the mixture's specialist expert (0: --lr-finetune or --lr-specialist)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-epochs", o.max_epochs, "cap on local epochs (specialist, fine-tuning, mixture)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--epoch-check", o.epoch_check, "local validation every N epochs")->check(CLI::PositiveNumber);
+  app.add_option("--epoch-patience", o.epoch_patience, "local early-stopping patience (checks)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--expert-init", o.expert_init, "mixture's specialist expert starts from: finetuned | scratch")
+      ->check(CLI::IsMember({"finetuned", "scratch"}));
+  app.add_option("--global-test", o.global_test,
+                 "evaluate on a fixed seeded subset of N global test images (0: the full test split)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--dropout", o.dropout, "dropout probability of the models")->check(CLI::Range(0.0, 0.95));
+  app.add_option("--seed", o.seed, "seed of every random choice");
+  app.add_option("--threads", o.threads, "worker threads (results are identical for any count)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--json", o.json, "write results as JSON");
+  app.add_option("--csv", o.csv, "write results as CSV");
+  app.add_option("--plot", o.plot, "write a plot (.png or .svg; needs gnuplot)");
+  app.add_flag("--full", o.full,
+               "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
+}
+
+/// --full: the paper's protocol.
+inline void apply_full(Options& o) {
+  if (!o.full) return;
+  o.clients = 100;
+  o.p = {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
+  o.opt_out = {0.0, 0.5, 0.9};
+  o.global_test = 0;
+  o.rounds = 1000;
+  o.check_every = 40;
+}
+
+/// Loads the data, builds the models and runs the sweep. Returns the exit code (2: no data);
+/// throws fedmoe::Error on bad input.
+template <class Runtime>
+int run_experiment(const Runtime& runtime, const Options& o) {
+  if (o.dataset != "npy" && !std::filesystem::exists(o.data)) {
+    if (runtime.is_root())
+      std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. Fashion-MNIST ships as the Debian "
+                << "package dataset-fashion-mnist: apt-get install dataset-fashion-mnist (installs "
+                << "/usr/share/datasets/fashion-mnist), or pass --data DIR.\n";
+    return 2;
+  }
+  if (o.model == "cnn") return run(runtime, o, fashion_cnn<float>(10, o.dropout), fashion_cnn_gate<float>(o.dropout));
+  return run(runtime, o, mlp<float>(Shape{784, 1, 1}, 10, 200, o.dropout),
+             mlp_gate<float>(Shape{784, 1, 1}, 200, o.dropout));
+}
+
+}  // namespace fedmoe_paper
