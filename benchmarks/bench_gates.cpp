@@ -3,17 +3,14 @@
 // Case names (shared with bench_gates_torch): <gate>/<fwd|fwd_bwd>/t<T>/e<E>/w<W>/k<k>; the plain
 // reference implementation of the same gate runs as ref/<name> (tokens <= 4096 only, to keep the
 // sweep affordable). items/s counts tokens; bytes/s the compulsory x/dx traffic (bytes_per_token).
-// Counter allocs_per_iter counts malloc calls inside the timed loop (glibc; it must read 0).
+// Counter allocs_per_iter counts heap allocations inside the timed loop (bench_common.hpp; it must read 0).
 // memcpy/<MiB>MiB: bytes/s = read + written bytes (2 x the copied size), the machine's bandwidth.
 //
 // Full sweep:  fedmoe_bench_gates
 // CI smoke:    fedmoe_bench_gates --benchmark_filter='(t16/e8/w64|memcpy/16MiB)' --benchmark_min_time=0.01
 #include <benchmark/benchmark.h>
 
-#include <atomic>
 #include <cmath>
-#include <cstring>
-#include <memory>
 #include <numeric>
 
 #include <fedmoe/moe/expert_choice_gate.hpp>
@@ -23,18 +20,6 @@
 #include <fedmoe/moe/top2_gate.hpp>
 
 #include "bench_gates.hpp"
-
-// ---- malloc counting (glibc symbol interposition): every operator new and Eigen allocation ends here.
-namespace {
-std::atomic<long> g_mallocs{0};
-}
-#if defined(__GLIBC__)
-extern "C" void* __libc_malloc(std::size_t);
-extern "C" void* malloc(std::size_t n) {
-  g_mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_malloc(n);
-}
-#endif
 
 using namespace fedmoe;
 using fedmoe::bench::GateCase;
@@ -231,18 +216,11 @@ struct Gate {
 };
 }  // namespace ref
 
-std::vector<float> make_params(Index n, Index width) {
-  std::vector<float> p = bench::uniform_data(n, bench::param_seed);
-  const float scale = 1.f / std::sqrt(float(width));
-  for (auto& v : p) v *= scale;
-  return p;
-}
-
 template <class G>
 void run_fedmoe(benchmark::State& st, const GateCase& c, G gate) {
   const std::vector<float> xv = bench::uniform_data(c.width * c.tokens, bench::x_seed);
   const Matrix<float> x = ConstMatrixMap<float>(xv.data(), c.width, c.tokens);
-  const std::vector<float> p = make_params(gate.num_params(), c.width);
+  const std::vector<float> p = bench::make_params(gate.num_params(), c.width);
   gate.parameters() = ConstVectorMap<float>(p.data(), gate.num_params());
   AuxWeights<float> aux;
   aux.importance = aux.load = aux.balance = bench::aux_weight;
@@ -252,7 +230,7 @@ void run_fedmoe(benchmark::State& st, const GateCase& c, G gate) {
   const std::vector<float> dwv = bench::uniform_data(r0.slots * c.tokens, bench::grad_seed);
   const Matrix<float> dw = ConstMatrixMap<float>(dwv.data(), r0.slots, c.tokens);
   if (c.backward) gate.backward(x, dw, aux);  // sizes every workspace
-  const long before = g_mallocs.load();
+  const long before = bench::g_mallocs.load();
   for (auto _ : st) {
     const Routing<float>& r = gate.forward(x, Mode::train, noise);
     benchmark::DoNotOptimize(r.weights.data());
@@ -262,17 +240,14 @@ void run_fedmoe(benchmark::State& st, const GateCase& c, G gate) {
     }
     benchmark::ClobberMemory();
   }
-  st.counters["allocs_per_iter"] = double(g_mallocs.load() - before) / double(std::max<benchmark::IterationCount>(1, st.iterations()));
-  st.counters["bytes_per_token"] = c.bytes_per_token();
-  st.SetItemsProcessed(st.iterations() * c.tokens);
-  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+  st.counters["allocs_per_iter"] = bench::per_iteration(st, bench::g_mallocs.load() - before);
+  bench::report_throughput(st, c);
 }
 
 void run_reference(benchmark::State& st, const GateCase& c) {
   ref::Gate g(c.gate, c.width, c.experts, c.k);
-  const Index np = (c.width * c.experts + c.experts) * (c.gate == "noisy_top_k_gate" ? 2 : 1);
-  g.params = make_params(np, c.width);
-  g.grads.assign(static_cast<std::size_t>(np), 0.f);
+  g.params = bench::make_params(c.num_params(), c.width);
+  g.grads.assign(static_cast<std::size_t>(c.num_params()), 0.f);
   const std::vector<float> x = bench::uniform_data(c.width * c.tokens, bench::x_seed);
   Rng noise(bench::x_seed + 1);
   g.forward(x.data(), c.tokens, noise);
@@ -286,9 +261,7 @@ void run_reference(benchmark::State& st, const GateCase& c) {
     }
     benchmark::ClobberMemory();
   }
-  st.counters["bytes_per_token"] = c.bytes_per_token();
-  st.SetItemsProcessed(st.iterations() * c.tokens);
-  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+  bench::report_throughput(st, c);
 }
 
 void run_case(benchmark::State& st, const GateCase& c) {
@@ -299,37 +272,13 @@ void run_case(benchmark::State& st, const GateCase& c) {
   return run_fedmoe(st, c, ExpertChoiceGate<float>(c.width, c.experts, bench::capacity_factor));
 }
 
-/// Copies `bytes` between two buffers: bytes/s counts read + written bytes.
-void bench_memcpy(benchmark::State& st, int mib) {
-  const auto n = static_cast<std::size_t>(mib) << 20;
-  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
-  std::memset(a.get(), 1, n);
-  std::memset(b.get(), 2, n);
-  for (auto _ : st) {
-    std::memcpy(b.get(), a.get(), n);
-    benchmark::DoNotOptimize(b.get());
-    benchmark::ClobberMemory();
-  }
-  st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(2 * n));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   for (const GateCase& c : bench::all_cases()) {
-    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
-        ->Unit(benchmark::kMicrosecond);
-    if (c.tokens <= 4096)
-      benchmark::RegisterBenchmark(("ref/" + c.name()).c_str(), [c](benchmark::State& st) { run_reference(st, c); })
-          ->Unit(benchmark::kMicrosecond);
+    bench::add(c.name(), [c](benchmark::State& st) { run_case(st, c); });
+    if (c.tokens <= 4096) bench::add("ref/" + c.name(), [c](benchmark::State& st) { run_reference(st, c); });
   }
-  for (int mib : {16, 256})
-    benchmark::RegisterBenchmark(("memcpy/" + std::to_string(mib) + "MiB").c_str(),
-                                 [mib](benchmark::State& st) { bench_memcpy(st, mib); })
-        ->Unit(benchmark::kMicrosecond);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  bench::add_memcpy({16, 256});
+  return bench::run(argc, argv);
 }

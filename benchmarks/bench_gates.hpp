@@ -1,16 +1,18 @@
 #pragma once
 // Shared by bench_gates.cpp (fedmoe + plain reference) and bench_gates_torch.cpp (libtorch peer):
-// the case grid, case names, seeded inputs and the per-token traffic model, so that both binaries
+// the case grid, case names, seeded inputs and parameters, and the per-token traffic model, so that both binaries
 // benchmark identical cases under identical names:
 //     <gate>/<fwd|fwd_bwd>/t<tokens>/e<experts>/w<width>/k<k>
 // Reference (plain loops) cases are named ref/<same name>.
+#include <cmath>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include <fedmoe/core/rng.hpp>
 #include <fedmoe/core/tensor.hpp>
+
+#include "bench_common.hpp"
 
 namespace fedmoe::bench {
 
@@ -26,6 +28,8 @@ struct GateCase {
   /// Compulsory float traffic per token: x read (fwd); x read twice and dx written (fwd+bwd).
   /// The experts-sized terms (logits, weights) are ignored: < 3% at width 512, 8 experts.
   double bytes_per_token() const { return double(sizeof(float)) * double(width) * (backward ? 3.0 : 1.0); }
+  /// Parameters of the gate: one linear router (width x experts + experts), two for noisy top-k.
+  Index num_params() const { return (width * experts + experts) * (gate == "noisy_top_k_gate" ? 2 : 1); }
 };
 
 inline const std::vector<Index>& token_grid() {
@@ -64,5 +68,20 @@ inline std::vector<float> uniform_data(Index n, std::uint64_t seed) {
 constexpr std::uint64_t x_seed = 11, param_seed = 12, grad_seed = 13;
 constexpr double capacity_factor = 1.25;
 constexpr float aux_weight = 0.01f, z_weight = 0.001f;
+
+/// Seeded gate parameters: uniform(-1, 1) / sqrt(width).
+inline std::vector<float> make_params(Index n, Index width) {
+  std::vector<float> p = uniform_data(n, param_seed);
+  const float scale = 1.f / std::sqrt(float(width));
+  for (auto& v : p) v *= scale;
+  return p;
+}
+
+/// Reports tokens/s and the compulsory traffic (bytes_per_token) of the timed loop.
+inline void report_throughput(benchmark::State& st, const GateCase& c) {
+  st.counters["bytes_per_token"] = c.bytes_per_token();
+  st.SetItemsProcessed(st.iterations() * c.tokens);
+  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+}
 
 }  // namespace fedmoe::bench

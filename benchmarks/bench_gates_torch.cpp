@@ -101,18 +101,10 @@ struct TorchGate {
   }
 };
 
-std::vector<float> make_params(Index n, Index width) {
-  std::vector<float> p = fedmoe::bench::uniform_data(n, fedmoe::bench::param_seed);
-  const float scale = 1.f / std::sqrt(float(width));
-  for (auto& v : p) v *= scale;
-  return p;
-}
-
 void run_case(benchmark::State& st, const GateCase& c) {
   torch::manual_seed(static_cast<std::uint64_t>(fedmoe::bench::x_seed + 1));
   const std::vector<float> xv = fedmoe::bench::uniform_data(c.width * c.tokens, fedmoe::bench::x_seed);
-  const Index np = (c.width * c.experts + c.experts) * (c.gate == "noisy_top_k_gate" ? 2 : 1);
-  const std::vector<float> p = make_params(np, c.width);
+  const std::vector<float> p = fedmoe::bench::make_params(c.num_params(), c.width);
   TorchGate g(c, xv, p);
   torch::Tensor dw;
   {
@@ -134,9 +126,7 @@ void run_case(benchmark::State& st, const GateCase& c) {
     }
     benchmark::ClobberMemory();
   }
-  st.counters["bytes_per_token"] = c.bytes_per_token();
-  st.SetItemsProcessed(st.iterations() * c.tokens);
-  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
+  fedmoe::bench::report_throughput(st, c);
 }
 
 }  // namespace
@@ -144,12 +134,6 @@ void run_case(benchmark::State& st, const GateCase& c) {
 int main(int argc, char** argv) {
   torch::set_num_threads(1);
   at::set_num_interop_threads(1);
-  for (const GateCase& c : fedmoe::bench::all_cases())
-    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
-        ->Unit(benchmark::kMicrosecond);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  fedmoe::bench::add_cases(fedmoe::bench::all_cases(), run_case);
+  return fedmoe::bench::run(argc, argv);
 }

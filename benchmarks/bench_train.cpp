@@ -16,8 +16,6 @@
 // CI smoke:   fedmoe_bench_train --benchmark_filter='(b1$|n10/p10000)' --benchmark_min_time=0.01
 #include <benchmark/benchmark.h>
 
-#include <cstring>
-#include <memory>
 #include <span>
 
 #include <fedmoe/federated/aggregator.hpp>
@@ -46,44 +44,23 @@ Batch make_batch(Shape in, Index n) {
   return b;
 }
 
-void finish(benchmark::State& st, const TrainCase& c, long allocs) {
-  st.counters["heap_allocs"] = double(allocs) / double(std::max<benchmark::IterationCount>(1, st.iterations()));
-  st.SetItemsProcessed(st.iterations() * c.batch);
-}
-
 template <class M>
 void run_model(benchmark::State& st, const TrainCase& c, M model) {
   Rng init(bench::param_seed);
   model.init(init);
   const Batch b = make_batch(c.input(), c.batch);
   Rng rng(bench::x_seed + 1);
-  if (!c.train) {
-    benchmark::DoNotOptimize(model.forward(b.x).data());  // sizes every buffer
-    const long before = bench::g_mallocs.load();
-    for (auto _ : st) {
-      const Matrix<float>& out = model.forward(b.x);
-      benchmark::DoNotOptimize(out.data());
-      benchmark::ClobberMemory();
-    }
-    return finish(st, c, bench::g_mallocs.load() - before);
-  }
+  if (!c.train) return bench::measure_steps(st, c, [&] { benchmark::DoNotOptimize(model.forward(b.x).data()); });
   Adam<float> adam(bench::learning_rate);
   CrossEntropy<float> loss;
   Matrix<float> dy;
-  auto step = [&] {
+  bench::measure_steps(st, c, [&] {
     const Matrix<float>& out = model.forward(b.x, Mode::train, rng);
     benchmark::DoNotOptimize(loss.gradient(out, b.y, dy));
     model.backward(b.x, dy);
     adam.step(model.parameters(), model.gradients());
-  };
-  step();  // sizes every workspace and Adam's moments
-  const long before = bench::g_mallocs.load();
-  for (auto _ : st) {
-    step();
     benchmark::DoNotOptimize(model.parameters().data());
-    benchmark::ClobberMemory();
-  }
-  finish(st, c, bench::g_mallocs.load() - before);
+  });
 }
 
 void run_mixture(benchmark::State& st, const TrainCase& c) {
@@ -97,30 +74,14 @@ void run_mixture(benchmark::State& st, const TrainCase& c) {
   Mixture mix(gate, spec, global);
   const Batch b = make_batch(c.input(), c.batch);
   Rng rng(bench::x_seed + 1);
-  if (!c.train) {
-    benchmark::DoNotOptimize(mix.forward(b.x).data());
-    const long before = bench::g_mallocs.load();
-    for (auto _ : st) {
-      const Matrix<float>& out = mix.forward(b.x);
-      benchmark::DoNotOptimize(out.data());
-      benchmark::ClobberMemory();
-    }
-    return finish(st, c, bench::g_mallocs.load() - before);
-  }
+  if (!c.train) return bench::measure_steps(st, c, [&] { benchmark::DoNotOptimize(mix.forward(b.x).data()); });
   Adam<float> adam_gate(bench::learning_rate), adam_spec(bench::learning_rate);
-  auto step = [&] {
+  bench::measure_steps(st, c, [&] {
     benchmark::DoNotOptimize(mix.loss_and_gradient(b.x, b.y, Mode::train, rng));
     adam_gate.step(gate.parameters(), gate.gradients());
     adam_spec.step(spec.parameters(), spec.gradients());
-  };
-  step();
-  const long before = bench::g_mallocs.load();
-  for (auto _ : st) {
-    step();
     benchmark::DoNotOptimize(spec.parameters().data());
-    benchmark::ClobberMemory();
-  }
-  finish(st, c, bench::g_mallocs.load() - before);
+  });
 }
 
 void run_case(benchmark::State& st, const TrainCase& c) {
@@ -152,38 +113,14 @@ void bench_fedavg(benchmark::State& st, Index n, Index p) {
   st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(n + 1) * double(p) * sizeof(float)));
 }
 
-/// Copies `mib` MiB between two buffers: bytes/s counts read + written bytes.
-void bench_memcpy(benchmark::State& st, int mib) {
-  const auto n = static_cast<std::size_t>(mib) << 20;
-  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
-  std::memset(a.get(), 1, n);
-  std::memset(b.get(), 2, n);
-  for (auto _ : st) {
-    std::memcpy(b.get(), a.get(), n);
-    benchmark::DoNotOptimize(b.get());
-    benchmark::ClobberMemory();
-  }
-  st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * static_cast<int64_t>(2 * n));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (const TrainCase& c : bench::all_cases())
-    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
-        ->Unit(benchmark::kMicrosecond);
+  bench::add_cases(bench::all_cases(), run_case);
   for (Index n : {10, 100})
     for (Index p : {10000, 1000000})
-      benchmark::RegisterBenchmark(("fedavg/n" + std::to_string(n) + "/p" + std::to_string(p)).c_str(),
-                                   [n, p](benchmark::State& st) { bench_fedavg(st, n, p); })
-          ->Unit(benchmark::kMicrosecond);
-  for (int mib : {1, 16, 256})
-    benchmark::RegisterBenchmark(("memcpy/" + std::to_string(mib) + "MiB").c_str(),
-                                 [mib](benchmark::State& st) { bench_memcpy(st, mib); })
-        ->Unit(benchmark::kMicrosecond);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+      bench::add("fedavg/n" + std::to_string(n) + "/p" + std::to_string(p),
+                 [n, p](benchmark::State& st) { bench_fedavg(st, n, p); });
+  bench::add_memcpy({1, 16, 256});
+  return bench::run(argc, argv);
 }

@@ -1,31 +1,23 @@
 #pragma once
 // Shared by bench_train.cpp (fedmoe) and bench_train_torch.cpp (libtorch peer): the case grid, case
-// names, seeded inputs and the heap-allocation counters, so that both binaries benchmark identical
-// cases under identical names:
+// names, seeded inputs and the timed step with its heap-allocation counter, so that both binaries
+// benchmark identical cases under identical names:
 //     <model>/train/b<batch>   one training step: forward (Mode::train), loss, backward, Adam step
 //     <model>/infer/b1         one evaluation forward at batch 1 (latency; counter heap_allocs)
 // Models (models/paper.hpp): fashion_cnn (1x28x28, 10 classes), cifar_cnn (3x32x32), mlp (784 inputs),
 // mixture (the paper's Fashion-MNIST mixture: fashion_cnn_gate + fashion_cnn specialist, both trained
 // with Adam, and a frozen fashion_cnn global expert run in eval mode).
-// items/s counts samples.
-//
-// The allocation counters replace malloc (glibc interposition: catches Eigen's and every operator new's
-// allocations) and the global operator new: include this header from exactly ONE translation unit.
-#include <atomic>
-#include <cerrno>
+// items/s counts samples; counter heap_allocs counts heap allocations per step (bench_common.hpp).
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 #include <string>
 #include <vector>
 
 #include <fedmoe/core/rng.hpp>
 #include <fedmoe/core/tensor.hpp>
 
-namespace fedmoe::bench {
+#include "bench_common.hpp"
 
-inline std::atomic<long> g_mallocs{0};    // every heap allocation (malloc, hence also operator new)
-inline std::atomic<long> g_news{0};       // operator new calls only
+namespace fedmoe::bench {
 
 struct TrainCase {
   std::string model;  // fashion_cnn, cifar_cnn, mlp, mixture
@@ -72,32 +64,18 @@ inline std::vector<std::int64_t> label_data(Index n, std::uint64_t seed = label_
   return v;
 }
 
-}  // namespace fedmoe::bench
+/// Runs `step` once (sizing every buffer and optimizer state), then times it: the steady state.
+/// Reports samples/s and counter heap_allocs, the heap allocations per step.
+template <class Step>
+void measure_steps(benchmark::State& st, const TrainCase& c, Step&& step) {
+  step();
+  const long before = g_mallocs.load();
+  for (auto _ : st) {
+    step();
+    benchmark::ClobberMemory();
+  }
+  st.counters["heap_allocs"] = per_iteration(st, g_mallocs.load() - before);
+  st.SetItemsProcessed(st.iterations() * c.batch);
+}
 
-// ---- heap allocation counting (this header is included by exactly one translation unit per binary).
-#if defined(__GLIBC__)
-extern "C" void* __libc_malloc(std::size_t);
-extern "C" void* __libc_memalign(std::size_t, std::size_t);
-extern "C" void* malloc(std::size_t n) {
-  fedmoe::bench::g_mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_malloc(n);
-}
-// libtorch's CPU allocator uses posix_memalign: count it too.
-extern "C" int posix_memalign(void** out, std::size_t align, std::size_t n) {
-  fedmoe::bench::g_mallocs.fetch_add(1, std::memory_order_relaxed);
-  void* p = __libc_memalign(align, n);
-  if (!p) return ENOMEM;
-  *out = p;
-  return 0;
-}
-#endif
-void* operator new(std::size_t n) {
-  fedmoe::bench::g_news.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+}  // namespace fedmoe::bench

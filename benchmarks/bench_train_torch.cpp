@@ -53,40 +53,21 @@ Data make_batch(const TrainCase& c) {
           torch::from_blob(yv.data(), {c.batch}, torch::kInt64).clone()};
 }
 
-void finish(benchmark::State& st, const TrainCase& c, long allocs) {
-  st.counters["heap_allocs"] = double(allocs) / double(std::max<benchmark::IterationCount>(1, st.iterations()));
-  st.SetItemsProcessed(st.iterations() * c.batch);
-}
-
 void run_model(benchmark::State& st, const TrainCase& c, nn::Sequential net) {
   const Data d = make_batch(c);
   if (!c.train) {
     net->eval();
     torch::NoGradGuard no_grad;
-    benchmark::DoNotOptimize(net->forward(d.x).data_ptr());
-    const long before = fedmoe::bench::g_mallocs.load();
-    for (auto _ : st) {
-      torch::Tensor out = net->forward(d.x);
-      benchmark::DoNotOptimize(out.data_ptr());
-      benchmark::ClobberMemory();
-    }
-    return finish(st, c, fedmoe::bench::g_mallocs.load() - before);
+    return fedmoe::bench::measure_steps(st, c, [&] { benchmark::DoNotOptimize(net->forward(d.x).data_ptr()); });
   }
   net->train();
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(fedmoe::bench::learning_rate));
-  auto step = [&] {
+  fedmoe::bench::measure_steps(st, c, [&] {
     adam.zero_grad();
     torch::Tensor loss = torch::nn::functional::cross_entropy(net->forward(d.x), d.y);
     loss.backward();
     adam.step();
-  };
-  step();
-  const long before = fedmoe::bench::g_mallocs.load();
-  for (auto _ : st) {
-    step();
-    benchmark::ClobberMemory();
-  }
-  finish(st, c, fedmoe::bench::g_mallocs.load() - before);
+  });
 }
 
 /// The paper's mixture: -mean log(h s_y + (1 - h) g_y), computed with logaddexp as fedmoe does.
@@ -100,25 +81,19 @@ void run_mixture(benchmark::State& st, const TrainCase& c) {
     gate->eval();
     spec->eval();
     torch::NoGradGuard no_grad;
-    auto forward = [&] {
+    return fedmoe::bench::measure_steps(st, c, [&] {
       const torch::Tensor h = gate->forward(d.x);
-      return h * torch::softmax(spec->forward(d.x), 1) + (1 - h) * torch::softmax(global->forward(d.x), 1);
-    };
-    benchmark::DoNotOptimize(forward().data_ptr());
-    const long before = fedmoe::bench::g_mallocs.load();
-    for (auto _ : st) {
-      torch::Tensor out = forward();
+      const torch::Tensor out =
+          h * torch::softmax(spec->forward(d.x), 1) + (1 - h) * torch::softmax(global->forward(d.x), 1);
       benchmark::DoNotOptimize(out.data_ptr());
-      benchmark::ClobberMemory();
-    }
-    return finish(st, c, fedmoe::bench::g_mallocs.load() - before);
+    });
   }
   gate->train();
   spec->train();
   torch::optim::Adam adam_gate(gate->parameters(), torch::optim::AdamOptions(fedmoe::bench::learning_rate));
   torch::optim::Adam adam_spec(spec->parameters(), torch::optim::AdamOptions(fedmoe::bench::learning_rate));
   const torch::Tensor y = d.y.unsqueeze(1);
-  auto step = [&] {
+  fedmoe::bench::measure_steps(st, c, [&] {
     adam_gate.zero_grad();
     adam_spec.zero_grad();
     const torch::Tensor h = gate->forward(d.x);
@@ -132,14 +107,7 @@ void run_mixture(benchmark::State& st, const TrainCase& c) {
     loss.backward();
     adam_gate.step();
     adam_spec.step();
-  };
-  step();
-  const long before = fedmoe::bench::g_mallocs.load();
-  for (auto _ : st) {
-    step();
-    benchmark::ClobberMemory();
-  }
-  finish(st, c, fedmoe::bench::g_mallocs.load() - before);
+  });
 }
 
 void run_case(benchmark::State& st, const TrainCase& c) {
@@ -155,12 +123,6 @@ void run_case(benchmark::State& st, const TrainCase& c) {
 int main(int argc, char** argv) {
   torch::set_num_threads(1);
   at::set_num_interop_threads(1);
-  for (const TrainCase& c : fedmoe::bench::all_cases())
-    benchmark::RegisterBenchmark(c.name().c_str(), [c](benchmark::State& st) { run_case(st, c); })
-        ->Unit(benchmark::kMicrosecond);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  fedmoe::bench::add_cases(fedmoe::bench::all_cases(), run_case);
+  return fedmoe::bench::run(argc, argv);
 }

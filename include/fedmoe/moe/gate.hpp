@@ -36,6 +36,7 @@
 #include <concepts>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
@@ -137,14 +138,22 @@ concept Gate = requires(G g, const G cg, const Matrix<typename G::scalar_type>& 
 
 namespace detail {
 
-template <class In>
-void check_gate_input(const char* who, Index width, const In& x) {
+/// Names a gate's member function in an error message ("SwitchGate::forward"); streamed only when
+/// a check fails, so a passing check builds no string.
+struct GateCall {
+  const char* gate;
+  const char* function;
+  friend std::ostream& operator<<(std::ostream& out, const GateCall& c) { return out << c.gate << "::" << c.function; }
+};
+
+template <class Who, class In>
+void check_gate_input(const Who& who, Index width, const In& x) {
   FEDMOE_CHECK(x.rows() == width, who, ": expected input with ", width, " rows (features per token), got ", x.rows());
   FEDMOE_CHECK(x.cols() > 0, who, ": expected at least one token (column), got 0");
 }
 
-template <class DW>
-void check_gate_grad(const char* who, Index slots, Index tokens, const DW& dw) {
+template <class Who, class DW>
+void check_gate_grad(const Who& who, Index slots, Index tokens, const DW& dw) {
   FEDMOE_CHECK(dw.rows() == slots && dw.cols() == tokens, who, ": expected d_weights of shape ", slots, "x", tokens,
                " (slots x tokens of the last forward), got ", dw.rows(), "x", dw.cols());
 }
@@ -262,6 +271,12 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
   }
 }
 
+/// The z-loss mean_t lse_t^2 from softmax_columns' per-token log-sum-exp.
+template <class Scalar>
+Scalar lse_z_loss(const Vector<Scalar>& lse) {
+  return static_cast<Scalar>(lse.squaredNorm() / static_cast<Scalar>(lse.size()));
+}
+
 /// dlogits(:, t) = p ⊙ (dp - <p, dp>) + wz * 2 lse_t p / T (softmax backward plus the z-loss term).
 template <class Scalar, class DP>
 void softmax_backward_columns(const Matrix<Scalar>& probs, const DP& dprobs, const Vector<Scalar>& lse, Scalar wz,
@@ -300,7 +315,8 @@ protected:
     m_grads.setZero(n);
   }
   /// True when the frozen selection can be reused for T tokens; fails if the token count changed.
-  bool reuse_selection(const char* who, Index tokens) const {
+  template <class Who>
+  bool reuse_selection(const Who& who, Index tokens) const {
     if (!m_frozen || !m_has_selection) return false;
     FEDMOE_CHECK(tokens == m_routing.tokens, who, ": the selection is frozen for ", m_routing.tokens,
                  " tokens, got ", tokens);
@@ -312,6 +328,123 @@ protected:
   Matrix<Scalar> m_dx;
   bool m_frozen = false;
   bool m_has_selection = false;
+};
+
+/// What the gates over a linear router share: the router W x + b (the first num_params of
+/// parameters(); a gate with `routers` routers of the same shape lays them out one after the other),
+/// the configuration checks, the accessors, and the forward / backward prologues and the router's
+/// backward. A gate derives from it and keeps only its routing rule, its auxiliary losses and their
+/// backward. The error messages name the gate and the call ("SwitchGate::forward: ...").
+template <class Scalar>
+class LinearGate : public GateStorage<Scalar> {
+public:
+  Index input_size() const { return m_router.width; }
+  /// The router's outputs (SigmoidGate, whose one logit routes to two experts, hides it with 2).
+  Index experts() const { return m_router.experts; }
+  Index slots() const { return m_slots; }
+  /// PyTorch nn.Linear's default for the (first) router; the parameters of further routers are
+  /// left as they are (NoisyTopKGate initialises its noise router itself).
+  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
+
+protected:
+  /// Checks width > 0 and experts > 0, then allocates `routers` routers of width x experts.
+  LinearGate(const char* name, Index width, Index experts, Index slots, Index routers = 1)
+      : m_name(name), m_router{width, experts}, m_slots(slots) {
+    check_experts(name, width, experts);
+    this->allocate(routers * m_router.num_params());
+  }
+
+  /// Checks the tokens x (width x T) given to forward.
+  template <class In>
+  void check_forward(const In& x) const {
+    check_gate_input(GateCall{m_name, "forward"}, input_size(), x);
+  }
+  /// Forward prologue of a gate whose selection can be frozen: checks x, sizes the routing for its tokens
+  /// (experts x T x slots) and returns true when the frozen selection is to be reused.
+  template <class In>
+  bool begin_forward(const In& x) {
+    check_forward(x);
+    const bool reuse = this->reuse_selection(GateCall{m_name, "forward"}, x.cols());
+    this->m_routing.resize(m_router.experts, x.cols(), m_slots);
+    return reuse;
+  }
+  /// logits = W x + b with the (first) router.
+  template <class In>
+  void router_forward(const In& x, Matrix<Scalar>& logits) const {
+    m_router.forward(this->m_params.data(), x, logits);
+  }
+
+  /// Backward prologue: checks d_weights against the last forward's (slots x tokens), then x.
+  template <class In, class DW>
+  void check_backward(const In& x, const DW& d_weights) const {
+    const GateCall who{m_name, "backward"};
+    check_gate_grad(who, this->m_routing.slots, this->m_routing.tokens, d_weights);
+    check_gate_input(who, input_size(), x);
+  }
+  /// Backward through the (first) router: overwrites its gradients given dL/dlogits and, when
+  /// input_grad, sets the returned dL/dx (left as it is otherwise).
+  template <class In>
+  const Matrix<Scalar>& router_backward(const In& x, const Matrix<Scalar>& dlogits, bool input_grad) {
+    m_router.backward(this->m_params.data(), x, dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
+                      false);
+    return this->m_dx;
+  }
+
+  const char* m_name;
+  LinearRouter<Scalar> m_router;
+  Index m_slots;
+};
+
+/// A linear gate that selects by the router probabilities p = softmax(W x + b) under a capacity
+/// limit (switch, top-2, expert choice). Owns the capacity factor, the probabilities and log-sum-exp
+/// of the last forward, and dL/dp (m_dp, which the gate's backward fills) and the softmax and router
+/// backward from it; the gate keeps its selection rule, its weights and its balance loss.
+template <class Scalar>
+class CapacityGate : public LinearGate<Scalar> {
+public:
+  double capacity_factor() const { return m_factor; }
+  /// Router probabilities softmax(W x + b) of the last forward (experts x tokens).
+  const Matrix<Scalar>& probabilities() const { return m_probs; }
+
+protected:
+  /// Checks as LinearGate, then experts >= slots (a token's slots name distinct experts), then that
+  /// the capacity factor is finite and > 0.
+  CapacityGate(const char* name, Index width, Index experts, Index slots, double capacity_factor)
+      : LinearGate<Scalar>(name, width, experts, slots), m_factor(capacity_factor) {
+    FEDMOE_CHECK(experts >= slots, name, ": expected experts >= ", slots, " (k = ", slots, " <= experts), got ",
+                 experts);
+    check_capacity_factor(name, capacity_factor);
+  }
+
+  /// ceil(numerator * capacity_factor / experts), at least 1.
+  Index capacity(Index numerator) const { return detail::capacity(numerator, this->m_router.experts, m_factor); }
+
+  /// Forward prologue: begin_forward (returns its reuse flag), then the probabilities of x's tokens.
+  template <class In>
+  bool begin_routing(const In& x) {
+    const bool reuse = this->begin_forward(x);
+    this->router_forward(x, m_logits);
+    softmax_columns(m_logits, m_probs, m_lse);
+    return reuse;
+  }
+  /// Forward epilogue: sets the z-loss (the gate has reset and set the other aux losses) and keeps
+  /// the selection for freeze_selection.
+  const Routing<Scalar>& end_routing() {
+    this->m_routing.aux.z = lse_z_loss(m_lse);
+    this->m_has_selection = true;
+    return this->m_routing;
+  }
+  /// Backward epilogue: dL/dlogits from dL/dp = m_dp (with the z-loss term, weight wz), then through
+  /// the router; returns dL/dx when input_grad.
+  template <class In>
+  const Matrix<Scalar>& backward_probabilities(const In& x, Scalar wz, bool input_grad) {
+    softmax_backward_columns(m_probs, m_dp, m_lse, wz, m_dlogits);
+    return this->router_backward(x, m_dlogits, input_grad);
+  }
+
+  double m_factor;
+  Matrix<Scalar> m_logits, m_probs, m_dp, m_dlogits;
+  Vector<Scalar> m_lse;
 };
 
 }  // namespace detail

@@ -24,39 +24,32 @@
 namespace fedmoe {
 
 template <class Scalar = float>
-class NoisyTopKGate : public detail::GateStorage<Scalar> {
+class NoisyTopKGate : public detail::LinearGate<Scalar> {
 public:
   using scalar_type = Scalar;
 
+  /// Two routers of the same shape: the gate router (the base's) then the noise router m_n.
   NoisyTopKGate(Index width, Index experts, Index k, bool noisy = true)
-      : m_g{width, experts}, m_n{width, experts}, m_k(k), m_noisy(noisy) {
-    detail::check_experts("NoisyTopKGate", width, experts);
+      : detail::LinearGate<Scalar>("NoisyTopKGate", width, experts, k, 2), m_n{width, experts}, m_noisy(noisy) {
     FEDMOE_CHECK(k >= 1 && k <= experts, "NoisyTopKGate: expected 1 <= k <= experts (", experts, "), got k = ", k);
-    this->allocate(m_g.num_params() + m_n.num_params());
   }
 
-  Index input_size() const { return m_g.width; }
-  Index experts() const { return m_g.experts; }
-  Index k() const { return m_k; }
-  Index slots() const { return m_k; }
+  Index k() const { return this->slots(); }
   /// W_g, b_g like nn.Linear; W_n, b_n zero (noise scale softplus(0) = log 2 at the start).
   void init(Rng& rng) {
-    m_g.init(this->m_params.data(), rng);
+    detail::LinearGate<Scalar>::init(rng);
     this->m_params.tail(m_n.num_params()).setZero();
   }
 
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) {
-    detail::check_gate_input("NoisyTopKGate::forward", input_size(), x);
+    const bool reuse = this->begin_forward(x);
     auto& r = this->m_routing;
-    const Index e = experts(), t = x.cols(), k = m_k, kk = std::min(k + 1, e);
-    const bool reuse = this->reuse_selection("NoisyTopKGate::forward", t);
-    r.resize(e, t, k);
+    const Index e = this->experts(), t = x.cols(), k = this->k(), kk = std::min(k + 1, e);
     m_noisy_pass = m_noisy && mode == Mode::train;
-    const Scalar* p = this->m_params.data();
-    m_g.forward(p, x, m_clean);
+    this->router_forward(x, m_clean);
     if (m_noisy_pass) {
-      m_n.forward(p + m_g.num_params(), x, m_nlog);
+      m_n.forward(this->m_params.data() + this->m_router.num_params(), x, m_nlog);
       m_eps.resize(e, t);
       m_std.resize(e, t);
       m_h.resize(e, t);
@@ -153,10 +146,9 @@ public:
   template <class In, class DW>
   const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
                                  bool input_grad = true) {
+    this->check_backward(x, d_weights);
     const auto& r = this->m_routing;
-    detail::check_gate_grad("NoisyTopKGate::backward", r.slots, r.tokens, d_weights);
-    detail::check_gate_input("NoisyTopKGate::backward", input_size(), x);
-    const Index e = experts(), t = r.tokens, k = m_k, kk = m_order.rows();
+    const Index e = this->experts(), t = r.tokens, k = this->k(), kk = m_order.rows();
     const bool imp = aux.importance != Scalar(0);
     if (imp) {
       detail::cv_squared_gradient(m_importance, m_gimp);
@@ -198,9 +190,7 @@ public:
       for (Index j = 0; j < t; ++j)
         for (Index i = 0; i < e; ++i) m_dclean(i, j) += zc * m_lse[j] * std::exp(m_clean(i, j) - m_lse[j]);
     }
-    Scalar* g = this->m_grads.data();
-    const Scalar* p = this->m_params.data();
-    m_g.backward(p, x, m_dclean, g, input_grad ? &this->m_dx : nullptr, false);
+    this->router_backward(x, m_dclean, input_grad);
     if (m_noisy_pass) {
       // ds = dH ⊙ eps + dstd; d(noise logits) = ds ⊙ sigmoid(noise logits)
       m_dn.resize(e, t);
@@ -208,7 +198,9 @@ public:
         const Scalar nl = m_nlog.data()[i];
         m_dn.data()[i] = (m_dh.data()[i] * m_eps.data()[i] + m_dstd.data()[i]) / (Scalar(1) + std::exp(-nl));
       }
-      m_n.backward(p + m_g.num_params(), x, m_dn, g + m_g.num_params(), input_grad ? &this->m_dx : nullptr, true);
+      const Index off = this->m_router.num_params();  // the noise router follows the gate router
+      m_n.backward(this->m_params.data() + off, x, m_dn, this->m_grads.data() + off, input_grad ? &this->m_dx : nullptr,
+                   true);
     } else {
       this->m_grads.tail(m_n.num_params()).setZero();
     }
@@ -222,8 +214,7 @@ public:
   const Matrix<Scalar>& clean_logits() const { return m_clean; }
 
 private:
-  detail::LinearRouter<Scalar> m_g, m_n;
-  Index m_k;
+  detail::LinearRouter<Scalar> m_n;
   bool m_noisy;
   bool m_noisy_pass = false, m_smooth_load = false;
   Matrix<Scalar> m_clean, m_nlog, m_eps, m_std, m_h, m_z;

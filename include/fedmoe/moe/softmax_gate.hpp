@@ -14,40 +14,44 @@
 
 namespace fedmoe {
 
+namespace detail {
+
+/// Sizes r for a dense routing of T tokens over E experts: slot e of every token is expert e, no
+/// capacity limit, nothing dropped, aux losses reset. The selection is constant, so the indices and
+/// the dispatch lists are rebuilt only when (E, T) changed; the caller then sets the weights and aux.z.
+template <class Scalar>
+void dense_routing(Routing<Scalar>& r, Index experts, Index tokens) {
+  const bool fresh = r.tokens != tokens || r.experts != experts;
+  r.resize(experts, tokens, experts);
+  if (fresh) {
+    for (Index j = 0; j < tokens; ++j)
+      for (Index i = 0; i < experts; ++i) r.indices(i, j) = static_cast<std::int32_t>(i);
+    r.build_dispatch();
+  }
+  r.capacity = tokens;
+  r.dropped = 0;
+  r.aux = {};
+}
+
+}  // namespace detail
+
 template <class Scalar = float>
-class SoftmaxGate : public detail::GateStorage<Scalar> {
+class SoftmaxGate : public detail::LinearGate<Scalar> {
 public:
   using scalar_type = Scalar;
 
-  SoftmaxGate(Index width, Index experts) : m_router{width, experts} {
-    detail::check_experts("SoftmaxGate", width, experts);
-    this->allocate(m_router.num_params());
-  }
-
-  Index input_size() const { return m_router.width; }
-  Index experts() const { return m_router.experts; }
-  Index slots() const { return m_router.experts; }
-  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
+  SoftmaxGate(Index width, Index experts) : detail::LinearGate<Scalar>("SoftmaxGate", width, experts, experts) {}
 
   /// Routes the tokens x (width x T). Deterministic (no noise): mode and rng are unused.
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode = Mode::eval, Rng* = nullptr) {
-    detail::check_gate_input("SoftmaxGate::forward", input_size(), x);
+    this->check_forward(x);
     auto& r = this->m_routing;
-    const Index e = experts(), t = x.cols();
-    const bool fresh = r.tokens != t || r.experts != e;
-    r.resize(e, t, e);
-    m_router.forward(this->m_params.data(), x, m_logits);
+    const Index t = x.cols();
+    detail::dense_routing(r, this->experts(), t);
+    this->router_forward(x, m_logits);
     detail::softmax_columns(m_logits, r.weights, m_lse);
-    if (fresh) {  // selection is constant: every token to every expert
-      for (Index j = 0; j < t; ++j)
-        for (Index i = 0; i < e; ++i) r.indices(i, j) = static_cast<std::int32_t>(i);
-      r.build_dispatch();
-    }
-    r.capacity = t;
-    r.dropped = 0;
-    r.aux = {};
-    r.aux.z = static_cast<Scalar>(m_lse.squaredNorm() / static_cast<Scalar>(t));
+    r.aux.z = detail::lse_z_loss(m_lse);
     this->m_has_selection = true;
     return r;
   }
@@ -57,48 +61,37 @@ public:
   template <class In, class DW>
   const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
                                  bool input_grad = true) {
-    const auto& r = this->m_routing;
-    detail::check_gate_grad("SoftmaxGate::backward", r.slots, r.tokens, d_weights);
-    detail::check_gate_input("SoftmaxGate::backward", input_size(), x);
-    detail::softmax_backward_columns(r.weights, d_weights, m_lse, aux.z, m_dlogits);
-    m_router.backward(this->m_params.data(), x, m_dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
-                      false);
-    return this->m_dx;
+    this->check_backward(x, d_weights);
+    detail::softmax_backward_columns(this->m_routing.weights, d_weights, m_lse, aux.z, m_dlogits);
+    return this->router_backward(x, m_dlogits, input_grad);
   }
 
   /// The logits W x + b of the last forward.
   const Matrix<Scalar>& logits() const { return m_logits; }
 
 private:
-  detail::LinearRouter<Scalar> m_router;
   Matrix<Scalar> m_logits, m_dlogits;
   Vector<Scalar> m_lse;
 };
 
 template <class Scalar = float>
-class SigmoidGate : public detail::GateStorage<Scalar> {
+class SigmoidGate : public detail::LinearGate<Scalar> {
 public:
   using scalar_type = Scalar;
 
   /// h(x) = sigmoid(w.x + b): parameters w [1, width] then b [1] (a Dense(width, 1) slice).
-  explicit SigmoidGate(Index width) : m_router{width, 1} {
-    detail::check_experts("SigmoidGate", width, 1);
-    this->allocate(m_router.num_params());
-  }
+  explicit SigmoidGate(Index width) : detail::LinearGate<Scalar>("SigmoidGate", width, 1, 2) {}
 
-  Index input_size() const { return m_router.width; }
+  /// Two experts (specialist, global) from the router's one logit.
   Index experts() const { return 2; }
-  Index slots() const { return 2; }
-  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
 
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode = Mode::eval, Rng* = nullptr) {
-    detail::check_gate_input("SigmoidGate::forward", input_size(), x);
+    this->check_forward(x);
     auto& r = this->m_routing;
     const Index t = x.cols();
-    const bool fresh = r.tokens != t || r.experts != 2;
-    r.resize(2, t, 2);
-    m_router.forward(this->m_params.data(), x, m_logits);
+    detail::dense_routing(r, experts(), t);
+    this->router_forward(x, m_logits);
     double z = 0;
     for (Index j = 0; j < t; ++j) {
       const Scalar l = m_logits(0, j);
@@ -108,16 +101,6 @@ public:
       const double lse = std::max(double(l), 0.0) + std::log1p(std::exp(-std::abs(double(l))));  // softplus
       z += lse * lse;
     }
-    if (fresh) {
-      for (Index j = 0; j < t; ++j) {
-        r.indices(0, j) = 0;
-        r.indices(1, j) = 1;
-      }
-      r.build_dispatch();
-    }
-    r.capacity = t;
-    r.dropped = 0;
-    r.aux = {};
     r.aux.z = static_cast<Scalar>(z / static_cast<double>(t));
     this->m_has_selection = true;
     return r;
@@ -129,9 +112,8 @@ public:
   template <class In, class DW>
   const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
                                  bool input_grad = true) {
+    this->check_backward(x, d_weights);
     const auto& r = this->m_routing;
-    detail::check_gate_grad("SigmoidGate::backward", r.slots, r.tokens, d_weights);
-    detail::check_gate_input("SigmoidGate::backward", input_size(), x);
     const Index t = r.tokens;
     m_dlogits.resize(1, t);
     const Scalar zc = aux.z * Scalar(2) / static_cast<Scalar>(t);
@@ -140,13 +122,10 @@ public:
       const Scalar sp = std::max(l, Scalar(0)) + std::log1p(std::exp(-std::abs(l)));
       m_dlogits(0, j) = h * (Scalar(1) - h) * (d_weights(0, j) - d_weights(1, j)) + zc * sp * h;
     }
-    m_router.backward(this->m_params.data(), x, m_dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
-                      false);
-    return this->m_dx;
+    return this->router_backward(x, m_dlogits, input_grad);
   }
 
 private:
-  detail::LinearRouter<Scalar> m_router;
   Matrix<Scalar> m_logits, m_dlogits;
 };
 
@@ -179,20 +158,11 @@ public:
   const Routing<Scalar>& forward(const Matrix<Scalar>& x, Mode mode, Rng& rng) {
     detail::check_gate_input("ModelGate::forward", input_size(), x);
     auto& r = m_routing;
-    const Index e = experts(), t = x.cols();
-    const bool fresh = r.tokens != t || r.experts != e;
-    r.resize(e, t, e);
+    const Index t = x.cols();
+    detail::dense_routing(r, experts(), t);
     const Matrix<Scalar>& logits = m_trunk.forward(x, mode, rng);
     detail::softmax_columns(logits, r.weights, m_lse);
-    if (fresh) {
-      for (Index j = 0; j < t; ++j)
-        for (Index i = 0; i < e; ++i) r.indices(i, j) = static_cast<std::int32_t>(i);
-      r.build_dispatch();
-    }
-    r.capacity = t;
-    r.dropped = 0;
-    r.aux = {};
-    r.aux.z = static_cast<Scalar>(m_lse.squaredNorm() / static_cast<Scalar>(t));
+    r.aux.z = detail::lse_z_loss(m_lse);
     return r;
   }
   const Routing<Scalar>& forward(const Matrix<Scalar>& x) {

@@ -15,39 +15,26 @@
 namespace fedmoe {
 
 template <class Scalar = float>
-class Top2Gate : public detail::GateStorage<Scalar> {
+class Top2Gate : public detail::CapacityGate<Scalar> {
 public:
   using scalar_type = Scalar;
 
+  /// Needs experts >= 2.
   Top2Gate(Index width, Index experts, double capacity_factor = 1.0)
-      : m_router{width, experts}, m_factor(capacity_factor) {
-    detail::check_experts("Top2Gate", width, experts);
-    FEDMOE_CHECK(experts >= 2, "Top2Gate: expected experts >= 2 (k = 2 <= experts), got ", experts);
-    detail::check_capacity_factor("Top2Gate", capacity_factor);
-    this->allocate(m_router.num_params());
-  }
-
-  Index input_size() const { return m_router.width; }
-  Index experts() const { return m_router.experts; }
-  Index slots() const { return 2; }
-  double capacity_factor() const { return m_factor; }
-  void init(Rng& rng) { m_router.init(this->m_params.data(), rng); }
+      : detail::CapacityGate<Scalar>("Top2Gate", width, experts, 2, capacity_factor) {}
 
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode = Mode::eval, Rng* = nullptr) {
-    detail::check_gate_input("Top2Gate::forward", input_size(), x);
+    const bool reuse = this->begin_routing(x);
     auto& r = this->m_routing;
-    const Index e = experts(), t = x.cols();
-    const bool reuse = this->reuse_selection("Top2Gate::forward", t);
-    r.resize(e, t, 2);
-    r.capacity = detail::capacity(2 * t, e, m_factor);
-    m_router.forward(this->m_params.data(), x, m_logits);
-    detail::softmax_columns(m_logits, m_probs, m_lse);
+    const Matrix<Scalar>& probs = this->m_probs;
+    const Index e = this->experts(), t = x.cols();
+    r.capacity = this->capacity(2 * t);
     if (!reuse) {
       m_choice.resize(2, t);
       m_count.setZero(e);
       for (Index j = 0; j < t; ++j) {
-        const Scalar* p = m_probs.data() + j * e;
+        const Scalar* p = probs.data() + j * e;
         Index b1 = 0, b2 = -1;
         for (Index i = 1; i < e; ++i) {
           if (p[i] > p[b1]) {
@@ -74,19 +61,17 @@ public:
     }
     m_denom.resize(t);
     for (Index j = 0; j < t; ++j) {
-      const Scalar p1 = r.indices(0, j) >= 0 ? m_probs(m_choice(0, j), j) : Scalar(0);
-      const Scalar p2 = r.indices(1, j) >= 0 ? m_probs(m_choice(1, j), j) : Scalar(0);
+      const Scalar p1 = r.indices(0, j) >= 0 ? probs(m_choice(0, j), j) : Scalar(0);
+      const Scalar p2 = r.indices(1, j) >= 0 ? probs(m_choice(1, j), j) : Scalar(0);
       const Scalar d = p1 + p2;
       m_denom[j] = d;
       r.weights(0, j) = d > 0 ? p1 / d : Scalar(0);
       r.weights(1, j) = d > 0 ? p2 / d : Scalar(0);
     }
-    m_mean_prob.noalias() = m_probs.rowwise().mean();
+    m_mean_prob.noalias() = probs.rowwise().mean();
     r.aux = {};
     r.aux.balance = static_cast<Scalar>(e) * (m_count.template cast<Scalar>().dot(m_mean_prob) / static_cast<Scalar>(t));
-    r.aux.z = static_cast<Scalar>(m_lse.squaredNorm() / static_cast<Scalar>(t));
-    this->m_has_selection = true;
-    return r;
+    return this->end_routing();
   }
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) { return forward(x, mode, &rng); }
@@ -94,14 +79,14 @@ public:
   template <class In, class DW>
   const Matrix<Scalar>& backward(const In& x, const DW& d_weights, const AuxWeights<Scalar>& aux = {},
                                  bool input_grad = true) {
+    this->check_backward(x, d_weights);
     const auto& r = this->m_routing;
-    detail::check_gate_grad("Top2Gate::backward", 2, r.tokens, d_weights);
-    detail::check_gate_input("Top2Gate::backward", input_size(), x);
-    const Index e = experts(), t = r.tokens;
+    const Index e = this->experts(), t = r.tokens;
     const Scalar bc = aux.balance * static_cast<Scalar>(e) / (static_cast<Scalar>(t) * static_cast<Scalar>(t));
     m_colgrad.noalias() = m_count.template cast<Scalar>() * bc;
-    m_dp.resize(e, t);
-    m_dp.colwise() = m_colgrad;
+    Matrix<Scalar>& dp = this->m_dp;
+    dp.resize(e, t);
+    dp.colwise() = m_colgrad;
     for (Index j = 0; j < t; ++j) {
       if (!(m_denom[j] > 0)) continue;
       // w_i = p_i / d:  dp_i = (dw_i - sum_j w_j dw_j) / d for the kept choices
@@ -109,21 +94,13 @@ public:
       for (Index i = 0; i < 2; ++i)
         if (r.indices(i, j) >= 0) dot += r.weights(i, j) * Scalar(d_weights(i, j));
       for (Index i = 0; i < 2; ++i)
-        if (r.indices(i, j) >= 0) m_dp(m_choice(i, j), j) += (Scalar(d_weights(i, j)) - dot) / m_denom[j];
+        if (r.indices(i, j) >= 0) dp(m_choice(i, j), j) += (Scalar(d_weights(i, j)) - dot) / m_denom[j];
     }
-    detail::softmax_backward_columns(m_probs, m_dp, m_lse, aux.z, m_dlogits);
-    m_router.backward(this->m_params.data(), x, m_dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
-                      false);
-    return this->m_dx;
+    return this->backward_probabilities(x, aux.z, input_grad);
   }
 
-  const Matrix<Scalar>& probabilities() const { return m_probs; }
-
 private:
-  detail::LinearRouter<Scalar> m_router;
-  double m_factor;
-  Matrix<Scalar> m_logits, m_probs, m_dp, m_dlogits;
-  Vector<Scalar> m_lse, m_mean_prob, m_colgrad, m_denom;
+  Vector<Scalar> m_mean_prob, m_colgrad, m_denom;
   IndexMatrix m_choice;
   IndexVector m_count, m_fill;
 };
