@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <fedmoe/fedmoe.hpp>
+#include <fedmoe/training/trainer.hpp>
 
 using namespace fedmoe;
 using Catch::Matchers::Contains;

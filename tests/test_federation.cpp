@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include <fedmoe/federated/aggregator.hpp>
 #include <fedmoe/fedmoe.hpp>
 
 using namespace fedmoe;

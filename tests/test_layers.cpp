@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <fedmoe/fedmoe.hpp>
+#include <fedmoe/layers/activation.hpp>
 
 #include "gradient_check.hpp"
 

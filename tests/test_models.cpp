@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <fedmoe/fedmoe.hpp>
+#include <fedmoe/models/sequential.hpp>
 
 #include "gradient_check.hpp"
 

@@ -8,6 +8,7 @@
 #include "data/batcher.hpp"
 #include "data/dataset.hpp"
 #include "data/partition.hpp"
+#include "distributed/framing.hpp"  // distributed/mpi.hpp needs MPI and is included on its own
 #include "federated/aggregator.hpp"
 #include "federated/client.hpp"
 #include "federated/federation.hpp"
