@@ -8,36 +8,16 @@
 
 #include <fedmoe/fedmoe.hpp>
 
+#include "synthetic_data.hpp"
+
 using namespace fedmoe;
-
-namespace {
-
-/// n samples of `classes` Gaussian classes in `dim` dimensions: label j % classes, input
-/// prototype[label] + N(0, noise^2) per coordinate; prototypes N(0, 1) from Rng(proto_seed).
-Dataset<float> gaussian_classes(Index n, Index dim, Index classes, double noise, std::uint64_t seed,
-                                std::uint64_t proto_seed) {
-  Rng proto_rng(proto_seed);
-  Matrix<double> protos(dim, classes);
-  for (Index i = 0; i < protos.size(); ++i) protos.data()[i] = proto_rng.normal();
-  Rng rng(seed);
-  Dataset<float> d{Matrix<float>(dim, n), Labels(n), Shape{dim, 1, 1}, classes};
-  for (Index j = 0; j < n; ++j) {
-    const Index c = j % classes;
-    d.labels[j] = std::int32_t(c);
-    for (Index r = 0; r < dim; ++r) d.inputs(r, j) = float(protos(r, c) + noise * rng.normal());
-  }
-  d.validate();
-  return d;
-}
-
-}  // namespace
 
 TEST_CASE("end to end: the mixture matches or beats the global model and the specialist on local test",
           "[end_to_end]") {
   constexpr Index dim = 32, classes = 10, num_clients = 10, hidden = 64;
   constexpr double noise = 1.6;
-  const Dataset<float> train = gaussian_classes(3000, dim, classes, noise, 1, 77);
-  const Dataset<float> test = gaussian_classes(2000, dim, classes, noise, 2, 77);
+  const Dataset<float> train = test::gaussian_classes<float>(3000, dim, classes, noise, 1, 77);
+  const Dataset<float> test = test::gaussian_classes<float>(2000, dim, classes, noise, 2, 77);
 
   Rng part_rng(3);
   const Partition partition = partition_majority(train.labels, test.labels, classes,

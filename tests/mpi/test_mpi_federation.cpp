@@ -15,6 +15,8 @@
 #include <fedmoe/distributed/mpi.hpp>
 #include <fedmoe/fedmoe.hpp>
 
+#include "../synthetic_data.hpp"
+
 using namespace fedmoe;
 
 namespace {
@@ -29,18 +31,7 @@ void expect(bool ok, const std::string& what) {
 
 template <class S>
 Dataset<S> blobs(Index n, Index dim, Index classes, double noise, std::uint64_t seed) {
-  Rng proto_rng(99);
-  Matrix<double> protos(dim, classes);
-  for (Index i = 0; i < protos.size(); ++i) protos.data()[i] = proto_rng.normal();
-  Rng rng(seed);
-  Dataset<S> d{Matrix<S>(dim, n), Labels(n), Shape{dim, 1, 1}, classes};
-  for (Index j = 0; j < n; ++j) {
-    const Index c = j % classes;
-    d.labels[j] = std::int32_t(c);
-    for (Index r = 0; r < dim; ++r) d.inputs(r, j) = S(protos(r, c) + noise * rng.normal());
-  }
-  d.validate();
-  return d;
+  return test::gaussian_classes<S>(n, dim, classes, noise, seed);
 }
 
 constexpr Index dim = 8, classes = 4, num_clients = 9;
