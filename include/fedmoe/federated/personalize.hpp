@@ -48,17 +48,13 @@ namespace detail {
 template <class Mix, class S>
 std::pair<double, double> mixture_accuracy(Mix& mix, const Dataset<S>& data, std::span<const Index> idx,
                                            Index chunk = 500) {
-  Matrix<S> x;
-  Labels y;
   Index correct = 0;
   double gate = 0;
-  for (std::size_t b = 0; b < idx.size(); b += std::size_t(chunk)) {
-    const auto part = idx.subspan(b, std::min<std::size_t>(std::size_t(chunk), idx.size() - b));
-    gather_samples(data, part, x, y);
+  for_each_chunk(data, idx, chunk, [&](const Matrix<S>& x, const Labels& y) {
     const Matrix<S>& p = mix.forward(x);
     for (Index j = 0; j < y.size(); ++j) correct += argmax_col(p, j) == y[j];
     gate += double(mix.gate_values().sum());
-  }
+  });
   return {double(correct) / double(idx.size()), gate / double(idx.size())};
 }
 

@@ -9,6 +9,7 @@
 ///   improvement, and **restore the best weights**.
 #include <cmath>
 #include <span>
+#include <utility>
 
 #include "../data/batcher.hpp"
 #include "../losses/cross_entropy.hpp"
@@ -45,24 +46,33 @@ inline Index argmax_col(const auto& m, Index j) {
 }
 }  // namespace detail
 
+/// Calls fn(x, y) for consecutive chunks of at most `chunk` samples of `indices`, gathered from
+/// `data` into buffers reused across chunks (evaluation without holding the whole set in memory).
+template <class S, class Fn>
+void for_each_chunk(const Dataset<S>& data, std::span<const Index> indices, Index chunk, Fn&& fn) {
+  FEDMOE_CHECK(chunk > 0, "for_each_chunk: expected chunk > 0, got ", chunk);
+  Matrix<S> x;
+  Labels y;
+  for (std::size_t b = 0; b < indices.size(); b += std::size_t(chunk)) {
+    gather_samples(data, indices.subspan(b, std::min<std::size_t>(std::size_t(chunk), indices.size() - b)), x, y);
+    fn(std::as_const(x), std::as_const(y));
+  }
+}
+
 /// Mean cross-entropy and accuracy of a classifier's logits on `indices` of `data`.
 template <Model M>
 EvalResult evaluate(M& model, const Dataset<typename M::scalar_type>& data, std::span<const Index> indices,
                     Index chunk = 500) {
   using S = typename M::scalar_type;
   FEDMOE_CHECK(!indices.empty(), "evaluate: expected a non-empty index list, got 0 indices");
-  Matrix<S> x;
-  Labels y;
   CrossEntropy<S> ce;
   double loss = 0;
   Index correct = 0;
-  for (std::size_t b = 0; b < indices.size(); b += std::size_t(chunk)) {
-    const auto part = indices.subspan(b, std::min<std::size_t>(std::size_t(chunk), indices.size() - b));
-    gather_samples(data, part, x, y);
+  for_each_chunk(data, indices, chunk, [&](const Matrix<S>& x, const Labels& y) {
     const Matrix<S>& out = model.forward(x);
-    loss += double(ce.value(out, y)) * double(part.size());
+    loss += double(ce.value(out, y)) * double(y.size());
     for (Index j = 0; j < y.size(); ++j) correct += detail::argmax_col(out, j) == y[j];
-  }
+  });
   const double n = double(indices.size());
   return {loss / n, double(correct) / n, Index(indices.size())};
 }
