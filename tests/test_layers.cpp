@@ -1,6 +1,9 @@
 // Every layer: shapes, known values, and the central-difference gradient check (parameters and input).
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
+
 #include <fedmoe/fedmoe.hpp>
 #include <fedmoe/layers/activation.hpp>
 
@@ -33,7 +36,15 @@ TEMPLATE_TEST_CASE("every layer passes the gradient check", "[layers][gradcheck]
   check_layer<S>("conv2d k3 s2 same", Shape{2, 7, 6}, Conv2d<S>::same(3, 3, 2));
   check_layer<S>("conv2d k5 s1 same", Shape{1, 6, 6}, Conv2d<S>::same(2, 5, 1));
   check_layer<S>("conv2d k2 s2 p1", Shape{3, 5, 5}, Conv2d<S>(2, 2, 2, 1));
+  // Stride 1, no padding: the im2col / col2im window paths for output widths 8, 16, 24 (compile-time
+  // block counts) and 11 (blocks plus a tail).
+  check_layer<S>("conv2d k3 s1 p0 ow8", Shape{2, 5, 10}, Conv2d<S>(2, 3), 2);
+  check_layer<S>("conv2d k2 s1 p0 ow16", Shape{1, 3, 17}, Conv2d<S>(2, 2), 2);
+  check_layer<S>("conv2d k3 s1 p0 ow24", Shape{1, 4, 26}, Conv2d<S>(2, 3), 2);
+  check_layer<S>("conv2d k3 s1 p0 ow11", Shape{2, 4, 13}, Conv2d<S>(2, 3), 2);
   check_layer<S>("max_pool2d 2", Shape{2, 6, 4}, MaxPool2d<S>(2));
+  // Output width 13 = 8 + 4 + 1: the float kernel's 8- and 4-lane blocks and the scalar tail.
+  check_layer<S>("max_pool2d 2 ow13", Shape{2, 4, 26}, MaxPool2d<S>(2), 2);
   check_layer<S>("max_pool2d 3 s2", Shape{2, 7, 7}, MaxPool2d<S>(3, 2));
   check_layer<S>("flatten", Shape{2, 3, 3}, Flatten<S>());
   check_layer<S>("relu", Shape{9, 1, 1}, ReLU<S>());
@@ -101,6 +112,98 @@ TEMPLATE_TEST_CASE("max_pool2d takes window maxima and routes gradients to them"
   Matrix<S> expected(8, 1);
   expected << 0, 1, 0, 0, 0, 0, 0, 2;
   CHECK(dx == expected);
+}
+
+TEMPLATE_TEST_CASE("conv2d with stride 1 and no padding matches a direct convolution at every width",
+                   "[layers]", float, double) {
+  using S = TestType;
+  // Output widths 3 (tail only), 8, 16, 24 (whole 8-float blocks) and 11 (blocks and a tail).
+  for (Index width : {5, 10, 18, 26, 13}) {
+    const Shape in{2, 4, width};
+    Sequential<S, Conv2d<S>> m(in, Conv2d<S>(3, 3));
+    Rng rng(3);
+    m.init(rng);
+    const Matrix<S> x = random_batch<S>(in.size(), 2, 9);
+    const Matrix<S> y = m.forward(x);
+    const Shape out = m.output_shape();
+    REQUIRE(out == Shape{3, 2, width - 2});
+    const S* w = m.parameters().data();  // [O][C][k][k]
+    const S* b = w + 3 * 2 * 9;
+    for (Index s = 0; s < 2; ++s)
+      for (Index o = 0; o < 3; ++o)
+        for (Index oy = 0; oy < out.height; ++oy)
+          for (Index ox = 0; ox < out.width; ++ox) {
+            double acc = b[o];
+            for (Index c = 0; c < 2; ++c)
+              for (Index ky = 0; ky < 3; ++ky)
+                for (Index kx = 0; kx < 3; ++kx)
+                  acc += double(w[((o * 2 + c) * 3 + ky) * 3 + kx]) *
+                         double(x((c * in.height + oy + ky) * width + ox + kx, s));
+            INFO("width " << width << " sample " << s << " channel " << o << " at " << oy << ", " << ox);
+            // A margin too: some outputs are sums that cancel to ~1e-3, where float's relative error grows.
+            CHECK(double(y((o * out.height + oy) * out.width + ox, s)) == Approx(acc).epsilon(1e-5).margin(1e-6));
+          }
+  }
+}
+
+TEMPLATE_TEST_CASE("max_pool2d picks the first maximum of each window, a NaN winning, at every width", "[layers]",
+                   float, double) {
+  using S = TestType;
+  // Few distinct values, so that windows hold ties; some NaNs. Output widths 1 to 13 cover the float
+  // kernel's 8- and 4-lane blocks and the scalar tail. Reference: the row-major scan of the window.
+  for (Index ow = 1; ow <= 13; ++ow) {
+    const Shape in{2, 6, 2 * ow + 1};  // an odd width: the last column belongs to no window
+    Sequential<S, MaxPool2d<S>> m(in, MaxPool2d<S>(2));
+    Rng rng(100 + std::uint64_t(ow));
+    Matrix<S> x(in.size(), 3);
+    for (Index i = 0; i < x.size(); ++i) {
+      const auto r = rng.uniform_int(20);
+      x.data()[i] = r == 0 ? std::numeric_limits<S>::quiet_NaN() : S(r % 4) - S(1.5);
+    }
+    const Matrix<S> y = m.forward(x);
+    Matrix<S> dy(y.rows(), y.cols());
+    for (Index i = 0; i < dy.size(); ++i) dy.data()[i] = S(i + 1);
+    const Matrix<S> dx = m.backward(x, dy, true);
+    Matrix<S> expected_dx = Matrix<S>::Zero(x.rows(), x.cols());
+    for (Index s = 0; s < x.cols(); ++s)
+      for (Index c = 0; c < in.channels; ++c)
+        for (Index oy = 0; oy < in.height / 2; ++oy)
+          for (Index ox = 0; ox < ow; ++ox) {
+            Index best = -1;
+            for (Index ky = 0; ky < 2; ++ky)
+              for (Index kx = 0; kx < 2; ++kx) {
+                const Index i = (c * in.height + 2 * oy + ky) * in.width + 2 * ox + kx;
+                const bool nan = std::isnan(x(i, s));
+                if (best < 0 || (nan && !std::isnan(x(best, s))) || (!std::isnan(x(best, s)) && x(i, s) > x(best, s)))
+                  best = i;
+              }
+            const Index o = (c * (in.height / 2) + oy) * ow + ox;
+            INFO("output width " << ow << " sample " << s << " output " << o);
+            if (std::isnan(x(best, s))) CHECK(std::isnan(y(o, s)));
+            else CHECK(y(o, s) == x(best, s));
+            expected_dx(best, s) += dy(o, s);
+          }
+    INFO("output width " << ow);
+    CHECK(dx == expected_dx);
+  }
+}
+
+TEMPLATE_TEST_CASE("dropout draws exactly uniform01() >= p per unit, in order", "[layers]", float, double) {
+  using S = TestType;
+  // The layer tests the raw integer against ceil(p 2^53) instead of converting to double: the same
+  // mask and the same generator state afterwards, for any p (0.3 and 0.1 are not dyadic).
+  for (double p : {0.5, 0.25, 0.3, 0.1, 1e-9, 0.999999}) {
+    Sequential<S, Dropout<S>> m(Shape{37, 1, 1}, Dropout<S>(p));
+    const Matrix<S> x = Matrix<S>::Ones(37, 5);
+    Rng rng(7), reference(7);
+    const Matrix<S> y = m.forward(x, Mode::train, rng);
+    const S scale = S(1.0 / (1.0 - p));
+    for (Index i = 0; i < y.size(); ++i) {
+      INFO("p " << p << " unit " << i);
+      CHECK(y.data()[i] == (reference.uniform01() >= p ? scale : S(0)));
+    }
+    CHECK(rng() == reference());
+  }
 }
 
 TEST_CASE("dropout: eval is identity, train keeps 1-p of the units scaled by 1/(1-p), seeded", "[layers]") {

@@ -2,6 +2,9 @@
 /// @file dropout.hpp
 /// @brief Inverted dropout: in training, y = x * m / (1 - p) with m ~ Bernoulli(1 - p)
 /// drawn from the Rng passed to forward; in evaluation, y = x.
+#include <cmath>
+#include <cstdint>
+
 #include "layer.hpp"
 
 namespace fedmoe {
@@ -35,7 +38,17 @@ public:
     }
     const Scalar scale = Scalar(1.0 / (1.0 - m_p));
     m_mask.resize(x.rows(), x.cols());
-    for (Index i = 0; i < m_mask.size(); ++i) m_mask.data()[i] = rng.uniform01() >= m_p ? scale : Scalar(0);
+    // The draw is rng.uniform01() >= p, i.e. (r >> 11) * 2^-53 >= p for the raw 64-bit value r: both sides
+    // scaled by 2^53 exactly, that is the integer test (r >> 11) >= ceil(p 2^53), with no conversion to
+    // double. The generator runs on a local copy so its state stays in registers (stores to the mask
+    // could otherwise alias it); the same values are drawn in the same order as with uniform01(). The
+    // mask value is looked up, not branched on: a branch on a random bit mispredicts half the time.
+    const auto keep_from = static_cast<std::uint64_t>(std::ceil(m_p * 0x1p53));
+    const Scalar value[2] = {Scalar(0), scale};
+    Rng local = rng;
+    Scalar* mask = m_mask.data();
+    for (Index i = 0; i < m_mask.size(); ++i) mask[i] = value[(local() >> 11) >= keep_from];
+    rng = local;
     y.resize(x.rows(), x.cols());
     y.array() = x.array() * m_mask.array();
   }
