@@ -9,6 +9,7 @@
 ///     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 ///
 /// The step counter t advances once per step, for the whole vector.
+#include <algorithm>
 #include <cmath>
 
 #include "optimizer.hpp"
@@ -41,21 +42,31 @@ public:
     const Scalar b1 = Scalar(m_b1), b2 = Scalar(m_b2), wd = Scalar(m_wd), eps = Scalar(m_eps);
     const Scalar step_size = Scalar(m_lr / (1.0 - std::pow(m_b1, double(t))));
     const Scalar bc2_sqrt = Scalar(std::sqrt(1.0 - std::pow(m_b2, double(t))));
-    auto m = m_state.first.array();
-    auto v = m_state.second.array();
-    auto p = params.array();
-    if constexpr (Decoupled) {
-      if (m_wd != 0) p *= Scalar(1) - Scalar(m_lr) * wd;
-      m = b1 * m + (Scalar(1) - b1) * grads.array();
-      v = b2 * v + (Scalar(1) - b2) * grads.array().square();
-    } else if (m_wd != 0) {
-      m = b1 * m + (Scalar(1) - b1) * (grads.array() + wd * p);
-      v = b2 * v + (Scalar(1) - b2) * (grads.array() + wd * p).square();
-    } else {
-      m = b1 * m + (Scalar(1) - b1) * grads.array();
-      v = b2 * v + (Scalar(1) - b2) * grads.array().square();
+    // One pass over the vector in L1-sized chunks: each chunk's m, v and p updates run back to back while
+    // the chunk is cache-resident, instead of three sweeps that stream p, g, m and v through memory
+    // (the MLP's vectors are 2.5 MB together, more than L2). Every element sees exactly the same
+    // expressions as before, in the same order, so the result is bitwise unchanged.
+    constexpr Index chunk = 1024;
+    const Index n = params.size();
+    for (Index start = 0; start < n; start += chunk) {
+      const Index len = std::min(chunk, n - start);
+      auto m = m_state.first.segment(start, len).array();
+      auto v = m_state.second.segment(start, len).array();
+      auto p = params.segment(start, len).array();
+      const auto g = grads.segment(start, len).array();
+      if constexpr (Decoupled) {
+        if (m_wd != 0) p *= Scalar(1) - Scalar(m_lr) * wd;
+        m = b1 * m + (Scalar(1) - b1) * g;
+        v = b2 * v + (Scalar(1) - b2) * g.square();
+      } else if (m_wd != 0) {
+        m = b1 * m + (Scalar(1) - b1) * (g + wd * p);
+        v = b2 * v + (Scalar(1) - b2) * (g + wd * p).square();
+      } else {
+        m = b1 * m + (Scalar(1) - b1) * g;
+        v = b2 * v + (Scalar(1) - b2) * g.square();
+      }
+      p -= step_size * m / (v.sqrt() / bc2_sqrt + eps);
     }
-    p -= step_size * m / (v.sqrt() / bc2_sqrt + eps);
   }
 
   void reset() { m_state = state_type{}; }
