@@ -5,7 +5,8 @@
 /// **Layout.** Tokens are columns: x is (width x tokens), column-major, as everywhere in fedmoe.
 /// A linear gate's parameters are one contiguous Vector laid out like a Dense layer:
 /// W_g as PyTorch stores it ([experts, width] row-major, which Eigen reads as the column-major
-/// width x experts matrix W_g^T), then the bias b [experts]. Logits are l = W_g x + b (experts x tokens).
+/// width x experts matrix W_g^T), then the bias b [experts]. Logits are l = W_g x + b (experts x tokens),
+/// computed by the kernels of linear_router.hpp.
 ///
 /// **Routing result (compact).** A gate routes each token to `slots` (expert, weight) pairs:
 /// `weights` and `indices` are (slots x tokens). Slot j of token t sends the token to expert
