@@ -13,10 +13,10 @@
 /// per (row, token) and is bound by loads. The three products below are register-blocked over Eigen's
 /// packet primitives instead (`Eigen::internal::ploadu/pmadd/predux`, the layer Eigen's own kernels
 /// are written in; SSE, AVX, AVX-512, NEON or a scalar fallback), allocate nothing, and keep the
-/// x tile they work on in L1:
+/// x tile they work on in cache:
 /// - forward: dot products along the width for blocks of 4 rows x NT tokens (each loaded packet of x
 ///   and of W feeds several accumulators);
-/// - dW: per tile of `tile_tokens` tokens, blocks of 4 rows x NI packets of width accumulate x_j dl(a, j);
+/// - dW: per tile of `tile_tokens()` tokens, blocks of 4 rows x NI packets of width accumulate x_j dl(a, j);
 /// - dx: blocks of NI packets of width x NT tokens accumulate W_a dl(a, j) over the rows.
 /// NT and NI follow the register count (2 on 16-register targets, 4 on 32).
 ///
@@ -26,6 +26,7 @@
 /// block, so a token's logits and input gradient do not depend on the other tokens of the batch, and
 /// results are bitwise equal for a given build whatever the thread count.
 #include <Eigen/Core>
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -201,8 +202,12 @@ struct LinearRouter {
   Index experts = 0;
   Index routers = 1;
 
-  /// Tokens per dW tile: the x tile (width x tile) stays in L1 while every row block reads it.
-  static constexpr Index tile_tokens = 16;
+  /// Tokens per tile of the backward pass: each tile's dW partial sums are loaded and stored once, and
+  /// its x columns (about 256 KiB, 16 to 128 tokens) stay in L2 between the dW and the dx kernels.
+  Index tile_tokens() const {
+    const Index fit = (Index(256) << 10) / (std::max<Index>(width, 1) * Index(sizeof(Scalar)));
+    return std::clamp<Index>(fit, 16, 128);
+  }
   /// Tokens larger than this (bytes) come from memory rather than cache: the kernels prefetch ahead.
   static constexpr std::size_t prefetch_bytes = std::size_t(1) << 20;
 
@@ -255,11 +260,12 @@ struct LinearRouter {
     }
     const Scalar* dl[R];
     for (std::size_t r = 0; r < R; ++r) dl[r] = dlogits[r]->data();
-    for (Index j0 = 0; j0 < t; j0 += tile_tokens) {
-      const Index j1 = std::min(t, j0 + tile_tokens);
+    const Index tile = tile_tokens();
+    for (Index j0 = 0; j0 < t; j0 += tile) {
+      const Index j1 = std::min(t, j0 + tile);
       for (std::size_t r = 0; r < R; ++r)
         weight_gradient_tile(g + static_cast<Index>(r) * rp, dl[r], x.data(), ldx, j0, j1,
-                             r == 0 && streams(x) && j1 + tile_tokens <= t ? tile_tokens : 0);
+                             r == 0 && streams(x) && j1 + tile <= t ? tile : 0);
       if (dx) input_gradient_tile<R>(p, dl, *dx, j0, j1);
     }
   }
