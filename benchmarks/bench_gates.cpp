@@ -5,6 +5,8 @@
 // sweep affordable). items/s counts tokens; bytes/s the compulsory x/dx traffic (bytes_per_token).
 // Counter allocs_per_iter counts heap allocations inside the timed loop (bench_common.hpp; it must read 0).
 // memcpy/<MiB>MiB: bytes/s = read + written bytes (2 x the copied size), the machine's bandwidth.
+// fma_peak/float: the machine's single-core float FMA rate (counter flops), the compute roof; each
+// gate case reports the FLOP rate of its router products in the same counter.
 //
 // Full sweep:  fedmoe_bench_gates
 // CI smoke:    fedmoe_bench_gates --benchmark_filter='(t16/e8/w64|memcpy/16MiB)' --benchmark_min_time=0.01
@@ -272,6 +274,32 @@ void run_case(benchmark::State& st, const GateCase& c) {
   return run_fedmoe(st, c, ExpertChoiceGate<float>(c.width, c.experts, bench::capacity_factor));
 }
 
+/// The compute roof: 16 independent chains of packet FMAs on registers (enough to cover the FMA latency
+/// on every x86 and ARM core), the peak rate the router kernels can reach. Counter flops = 2 per lane.
+void fma_peak(benchmark::State& st) {
+  using namespace Eigen::internal;
+  using P = detail::kernel::Packet<float>;
+  constexpr int chains = 16, reps = 256;
+  P acc[chains];
+  FEDMOE_UNROLL
+  for (int i = 0; i < chains; ++i) acc[i] = pset1<P>(1.0f + float(i) * 1e-3f);
+  const P b = pset1<P>(0.999999f), c = pset1<P>(1e-7f);
+  for (auto _ : st) {
+    for (int r = 0; r < reps; ++r) {
+      FEDMOE_UNROLL
+      for (int i = 0; i < chains; ++i) acc[i] = pmadd(acc[i], b, c);
+    }
+    FEDMOE_UNROLL
+    for (int i = 0; i < chains; ++i) detail::kernel::in_register(acc[i]);
+  }
+  float sum = 0;
+  for (int i = 0; i < chains; ++i) sum += predux(acc[i]);
+  benchmark::DoNotOptimize(sum);
+  const double lanes = double(detail::kernel::lanes<float>);
+  st.counters["flops"] = benchmark::Counter(double(st.iterations()) * reps * chains * lanes * 2.0,
+                                            benchmark::Counter::kIsRate);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -280,5 +308,6 @@ int main(int argc, char** argv) {
     if (c.tokens <= 4096) bench::add("ref/" + c.name(), [c](benchmark::State& st) { run_reference(st, c); });
   }
   bench::add_memcpy({16, 256});
+  bench::add("fma_peak/float", fma_peak);
   return bench::run(argc, argv);
 }

@@ -28,6 +28,13 @@ struct GateCase {
   /// Compulsory float traffic per token: x read (fwd); x read twice and dx written (fwd+bwd).
   /// The experts-sized terms (logits, weights) are ignored: < 3% at width 512, 8 experts.
   double bytes_per_token() const { return double(sizeof(float)) * double(width) * (backward ? 3.0 : 1.0); }
+  /// Floating-point operations per token of the router products (the bulk of the work): 2 W E per
+  /// router for the logits, and 4 W E more for dW and dx (noisy top-k runs two routers). The gates'
+  /// elementwise work (softmax, noise, selection) is not counted.
+  double flops_per_token() const {
+    const double routers = gate == "noisy_top_k_gate" ? 2.0 : 1.0;
+    return 2.0 * double(width) * double(experts) * routers * (backward ? 3.0 : 1.0);
+  }
   /// Parameters of the gate: one linear router (width x experts + experts), two for noisy top-k.
   Index num_params() const { return (width * experts + experts) * (gate == "noisy_top_k_gate" ? 2 : 1); }
 };
@@ -77,9 +84,12 @@ inline std::vector<float> make_params(Index n, Index width) {
   return p;
 }
 
-/// Reports tokens/s and the compulsory traffic (bytes_per_token) of the timed loop.
+/// Reports tokens/s, the compulsory traffic (bytes_per_token, bytes/s) and the router FLOP rate
+/// (flops, compared with the fma_peak benchmark) of the timed loop.
 inline void report_throughput(benchmark::State& st, const GateCase& c) {
   st.counters["bytes_per_token"] = c.bytes_per_token();
+  st.counters["flops"] = benchmark::Counter(double(st.iterations()) * double(c.tokens) * c.flops_per_token(),
+                                            benchmark::Counter::kIsRate);
   st.SetItemsProcessed(st.iterations() * c.tokens);
   st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(c.tokens) * c.bytes_per_token()));
 }

@@ -390,3 +390,33 @@ TEST_CASE("bad gate configurations and shapes raise clear errors", "[gates]") {
                              E(Shape{5, 1, 1}, Dense<float>(2))),
                     Catch::Contains("expected expert 1 to take 4 inputs") && Catch::Contains("got 5"));
 }
+
+TEMPLATE_TEST_CASE("standard_normals inverts the normal CDF of seeded uniforms", "[gates]", float, double) {
+  using S = TestType;
+  const Index n = 100001;  // odd: the float path's last value uses half of a 64-bit draw
+  Vector<S> a(n), b(n), work;
+  Rng ra(3), rb(3);
+  detail::standard_normals(ra, a.data(), n, work);
+  detail::standard_normals(rb, b.data(), n, work);
+  CHECK(a == b);  // seeded
+  // The uniforms the function draws (see its comment), and Phi(eps) = u for each.
+  Rng ru(3);
+  std::vector<double> u;
+  while (static_cast<Index>(u.size()) < n) {
+    const std::uint64_t bits = ru();
+    if constexpr (std::is_same_v<S, float>) {
+      u.push_back((double(bits >> 40) + 0.5) * 0x1p-24);
+      u.push_back((double((bits >> 16) & 0xFFFFFFu) + 0.5) * 0x1p-24);
+    } else {
+      u.push_back((double(bits >> 11) + 0.5) * 0x1p-53);
+    }
+  }
+  double worst = 0;
+  for (Index i = 0; i < n; ++i)
+    worst = std::max(worst, std::abs(0.5 * std::erfc(-double(a[i]) / std::sqrt(2.0)) - u[std::size_t(i)]));
+  CHECK(worst < 2e-6);
+  const double mean = a.template cast<double>().mean();
+  const double var = (a.template cast<double>().array() - mean).square().mean();
+  CHECK(std::abs(mean) < 0.015);    // 4.7 standard errors
+  CHECK(std::abs(var - 1) < 0.025);  // 5.6 standard errors
+}

@@ -5,7 +5,8 @@
 /// **Layout.** Tokens are columns: x is (width x tokens), column-major, as everywhere in fedmoe.
 /// A linear gate's parameters are one contiguous Vector laid out like a Dense layer:
 /// W_g as PyTorch stores it ([experts, width] row-major, which Eigen reads as the column-major
-/// width x experts matrix W_g^T), then the bias b [experts]. Logits are l = W_g x + b (experts x tokens).
+/// width x experts matrix W_g^T), then the bias b [experts]. Logits are l = W_g x + b (experts x tokens),
+/// computed by the kernels of linear_router.hpp.
 ///
 /// **Routing result (compact).** A gate routes each token to `slots` (expert, weight) pairs:
 /// `weights` and `indices` are (slots x tokens). Slot j of token t sends the token to expert
@@ -41,6 +42,7 @@
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
+#include "linear_router.hpp"
 
 namespace fedmoe {
 
@@ -173,53 +175,6 @@ inline Index capacity(Index numerator, Index experts, double factor) {
   return std::max<Index>(1, static_cast<Index>(c));
 }
 
-/// A linear router's slice: W^T (width x experts, = PyTorch's [experts, width] row-major), then b.
-template <class Scalar>
-struct LinearRouter {
-  Index width = 0;
-  Index experts = 0;
-
-  Index num_params() const { return width * experts + experts; }
-
-  /// logits = W x + b.
-  template <class In>
-  void forward(const Scalar* p, const In& x, Matrix<Scalar>& logits) const {
-    ConstMatrixMap<Scalar> wt(p, width, experts);
-    logits.resize(experts, x.cols());
-    // Coefficient-based products: unlike Eigen's blocked GEMM they never allocate a packing buffer,
-    // and with experts << width they are as fast (one vectorised dot product per (expert, token)).
-    logits.noalias() = wt.transpose().lazyProduct(x);
-    logits.colwise() += ConstVectorMap<Scalar>(p + width * experts, experts);
-  }
-
-  /// grad = dL/d(W^T, b); dx (+)= W^T-side product W^T dlogits.
-  template <class In>
-  void backward(const Scalar* p, const In& x, const Matrix<Scalar>& dlogits, Scalar* g, Matrix<Scalar>* dx,
-                bool accumulate) const {
-    MatrixMap<Scalar> dwt(g, width, experts);
-    // dW^T = x dlogits^T as rank-1 updates per token (dW^T stays in L1; no GEMM packing buffer).
-    dwt.setZero();
-    for (Index j = 0; j < x.cols(); ++j)
-      for (Index e = 0; e < experts; ++e) dwt.col(e) += dlogits(e, j) * x.col(j);
-    VectorMap<Scalar>(g + width * experts, experts).noalias() = dlogits.rowwise().sum();
-    if (dx) {
-      ConstMatrixMap<Scalar> wt(p, width, experts);
-      if (accumulate) {
-        dx->noalias() += wt.lazyProduct(dlogits);
-      } else {
-        dx->resize(width, dlogits.cols());
-        dx->noalias() = wt.lazyProduct(dlogits);
-      }
-    }
-  }
-
-  /// PyTorch nn.Linear's default: U(-1/sqrt(width), 1/sqrt(width)) for weight and bias.
-  void init(Scalar* p, Rng& rng) const {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(width));
-    for (Index i = 0; i < num_params(); ++i) p[i] = rng.uniform<Scalar>(Scalar(-bound), Scalar(bound));
-  }
-};
-
 /// Squared coefficient of variation with the unbiased variance, as the reference implementations:
 /// cv2(v) = var(v) / (mean(v)^2 + 1e-10), var = sum (v - mean)^2 / (n - 1); 0 when n == 1.
 template <class Scalar>
@@ -249,25 +204,29 @@ void cv_squared_gradient(const Vector<Scalar>& v, Vector<Scalar>& grad) {
   }
 }
 
-/// In-place column softmax of logits into probs; lse[t] = log-sum-exp of column t.
+/// Column softmax of logits into probs; lse[t] = log-sum-exp of column t. The exponentials run
+/// vectorised over the whole matrix (a column holds only `experts` values, too few for a packet).
 template <class Scalar>
 void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
   const Index e = logits.rows(), t = logits.cols();
   probs.resize(e, t);
   lse.resize(t);
-  for (Index j = 0; j < t; ++j) {
+  for (Index j = 0; j < t; ++j) {  // shift each column by its maximum
     const Scalar* l = logits.data() + j * e;
     Scalar* p = probs.data() + j * e;
     Scalar m = l[0];
     for (Index i = 1; i < e; ++i) m = std::max(m, l[i]);
+    for (Index i = 0; i < e; ++i) p[i] = l[i] - m;
+    lse[j] = m;
+  }
+  probs.array() = probs.array().exp();
+  for (Index j = 0; j < t; ++j) {
+    Scalar* p = probs.data() + j * e;
     Scalar s = 0;
-    for (Index i = 0; i < e; ++i) {
-      p[i] = std::exp(l[i] - m);
-      s += p[i];
-    }
+    for (Index i = 0; i < e; ++i) s += p[i];
     const Scalar inv = Scalar(1) / s;
     for (Index i = 0; i < e; ++i) p[i] *= inv;
-    lse[j] = m + std::log(s);
+    lse[j] += std::log(s);
   }
 }
 
@@ -349,9 +308,9 @@ public:
 protected:
   /// Checks width > 0 and experts > 0, then allocates `routers` routers of width x experts.
   LinearGate(const char* name, Index width, Index experts, Index slots, Index routers = 1)
-      : m_name(name), m_router{width, experts}, m_slots(slots) {
+      : m_name(name), m_router{width, experts, routers}, m_slots(slots) {
     check_experts(name, width, experts);
-    this->allocate(routers * m_router.num_params());
+    this->allocate(m_router.num_params());
   }
 
   /// Checks the tokens x (width x T) given to forward.
@@ -368,7 +327,7 @@ protected:
     this->m_routing.resize(m_router.experts, x.cols(), m_slots);
     return reuse;
   }
-  /// logits = W x + b with the (first) router.
+  /// logits = W x + b, every router's rows stacked (see linear_router.hpp).
   template <class In>
   void router_forward(const In& x, Matrix<Scalar>& logits) const {
     m_router.forward(this->m_params.data(), x, logits);
@@ -381,12 +340,11 @@ protected:
     check_gate_grad(who, this->m_routing.slots, this->m_routing.tokens, d_weights);
     check_gate_input(who, input_size(), x);
   }
-  /// Backward through the (first) router: overwrites its gradients given dL/dlogits and, when
-  /// input_grad, sets the returned dL/dx (left as it is otherwise).
+  /// Backward through the routers: overwrites the gradients given dL/dlogits (every router's rows) and,
+  /// when input_grad, sets the returned dL/dx (left as it is otherwise).
   template <class In>
   const Matrix<Scalar>& router_backward(const In& x, const Matrix<Scalar>& dlogits, bool input_grad) {
-    m_router.backward(this->m_params.data(), x, dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr,
-                      false);
+    m_router.backward(this->m_params.data(), x, dlogits, this->m_grads.data(), input_grad ? &this->m_dx : nullptr);
     return this->m_dx;
   }
 

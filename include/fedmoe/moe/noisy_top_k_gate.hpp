@@ -5,7 +5,8 @@
 ///
 /// Clean logits c = W_g x + b_g, noise scale s = softplus(W_n x + b_n) (experts x tokens).
 /// In Mode::train (and when constructed noisy): H = c + eps ⊙ s with eps ~ N(0, 1) drawn from
-/// the caller's Rng in column-major order (token by token, experts 0..E-1); otherwise H = c.
+/// the caller's Rng (detail::standard_normals over the column-major experts x tokens matrix);
+/// otherwise H = c.
 /// The k largest entries of each column of H are kept (ties: the lower expert index wins):
 /// G_t = softmax over those k values, 0 elsewhere; slots are the k choices, in descending H.
 ///
@@ -19,26 +20,72 @@
 /// cv2 is the squared coefficient of variation with the unbiased variance (detail::cv_squared).
 /// Gradients flow through the selected values, the threshold values and the noise scale, the
 /// selection itself is held fixed (see gate.hpp). Parameters: [W_g^T, b_g, W_n^T, b_n].
+#include <type_traits>
+
+#include <unsupported/Eigen/SpecialFunctions>  // Eigen's vectorised erf (the normal CDF of the load loss)
+
 #include "gate.hpp"
 
 namespace fedmoe {
+
+namespace detail {
+
+/// Fills out[0 .. n) with standard normal draws by inversion, vectorised: eps_i = sqrt(2) erfinv(2 u_i - 1)
+/// with the uniforms u_i in (0, 1) drawn first, in order, from rng. A float takes 24 bits (two per 64-bit
+/// output; |eps| <= 5.4), a double 53 bits (one per output). erfinv is M. Giles' single-precision
+/// approximation ("Approximating the erfinv function", GPU Computing Gems, 2011; relative error < 1e-6),
+/// evaluated branch-free: both polynomials, then a select.
+template <class Scalar>
+void standard_normals(Rng& rng, Scalar* out, Index n, Vector<Scalar>& work) {
+  for (Index i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      const std::uint64_t b = rng();
+      out[i] = (static_cast<float>(b >> 40) + 0.5f) * 0x1p-24f;
+      if (++i < n) out[i] = (static_cast<float>((b >> 16) & 0xFFFFFFu) + 0.5f) * 0x1p-24f;
+    } else {
+      out[i] = static_cast<Scalar>((static_cast<double>(rng() >> 11) + 0.5) * 0x1p-53);
+    }
+  }
+  using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
+  Eigen::Map<Array> u(out, n);
+  work.resize(n);
+  Eigen::Map<Array> w(work.data(), n);
+  w = -(Scalar(4) * u * (Scalar(1) - u)).log();  // -log(1 - x^2), x = 2u - 1
+  const auto c = w - Scalar(2.5);
+  const auto central =
+      ((((((((Scalar(2.81022636e-08) * c + Scalar(3.43273939e-07)) * c + Scalar(-3.5233877e-06)) * c +
+            Scalar(-4.39150654e-06)) * c + Scalar(0.00021858087)) * c + Scalar(-0.00125372503)) * c +
+         Scalar(-0.00417768164)) * c + Scalar(0.246640727)) * c + Scalar(1.50140941));
+  const auto d = w.sqrt() - Scalar(3);
+  const auto tail =
+      ((((((((Scalar(-0.000200214257) * d + Scalar(0.000100950558)) * d + Scalar(0.00134934322)) * d +
+            Scalar(-0.00367342844)) * d + Scalar(0.00573950773)) * d + Scalar(-0.0076224613)) * d +
+         Scalar(0.00943887047)) * d + Scalar(1.00167406)) * d + Scalar(2.83297682));
+  u = Scalar(1.41421356237309504880) * (w < Scalar(5)).select(central, tail) * (Scalar(2) * u - Scalar(1));
+}
+
+}  // namespace detail
 
 template <class Scalar = float>
 class NoisyTopKGate : public detail::LinearGate<Scalar> {
 public:
   using scalar_type = Scalar;
 
-  /// Two routers of the same shape: the gate router (the base's) then the noise router m_n.
+  /// Two routers of the same shape, run together: the gate router, then the noise router.
   NoisyTopKGate(Index width, Index experts, Index k, bool noisy = true)
-      : detail::LinearGate<Scalar>("NoisyTopKGate", width, experts, k, 2), m_n{width, experts}, m_noisy(noisy) {
+      : detail::LinearGate<Scalar>("NoisyTopKGate", width, experts, k, 2), m_noisy(noisy) {
     FEDMOE_CHECK(k >= 1 && k <= experts, "NoisyTopKGate: expected 1 <= k <= experts (", experts, "), got k = ", k);
+    FEDMOE_CHECK(k < max_selection, "NoisyTopKGate: expected k <= ", max_selection - 1, ", got k = ", k);
   }
+
+  /// Largest k + 1 the fused selection keeps (k <= 31).
+  static constexpr Index max_selection = 32;
 
   Index k() const { return this->slots(); }
   /// W_g, b_g like nn.Linear; W_n, b_n zero (noise scale softplus(0) = log 2 at the start).
   void init(Rng& rng) {
     detail::LinearGate<Scalar>::init(rng);
-    this->m_params.tail(m_n.num_params()).setZero();
+    this->m_params.tail(this->m_router.router_params()).setZero();
   }
 
   template <class In>
@@ -47,41 +94,51 @@ public:
     auto& r = this->m_routing;
     const Index e = this->experts(), t = x.cols(), k = this->k(), kk = std::min(k + 1, e);
     m_noisy_pass = m_noisy && mode == Mode::train;
-    this->router_forward(x, m_clean);
-    if (m_noisy_pass) {
-      m_n.forward(this->m_params.data() + this->m_router.num_params(), x, m_nlog);
+    // Elementwise work runs vectorised over whole (experts x tokens) matrices; only the selection and
+    // the per-token reductions loop over tokens.
+    if (m_noisy_pass) {  // both routers in one pass over the tokens
+      this->m_router.template forward<2>(this->m_params.data(), x, {&m_clean, &m_nlog});
       m_eps.resize(e, t);
-      m_std.resize(e, t);
-      m_h.resize(e, t);
-      for (Index i = 0; i < e * t; ++i) {
-        const Scalar nl = m_nlog.data()[i];
-        const Scalar sd = std::max(nl, Scalar(0)) + std::log1p(std::exp(-std::abs(nl)));
-        const Scalar ep = static_cast<Scalar>(rng.normal());
-        m_eps.data()[i] = ep;
-        m_std.data()[i] = sd;
-        m_h.data()[i] = m_clean.data()[i] + ep * sd;
-      }
+      detail::standard_normals(rng, m_eps.data(), e * t, m_work);
+      m_std.array() = m_nlog.array().max(Scalar(0)) + (-m_nlog.array().abs()).exp().log1p();  // softplus
+      m_h.array() = m_clean.array() + m_eps.array() * m_std.array();
+    } else {
+      this->router_forward(x, m_clean);
     }
     const Matrix<Scalar>& h = m_noisy_pass ? m_h : m_clean;
+    detail::softmax_columns(m_clean, m_cprob, m_lse);  // for the z-loss and its gradient
     m_order.resize(kk, t);
-    m_lse.resize(t);
     m_importance.setZero(e);
-    double z = 0;
     for (Index j = 0; j < t; ++j) {
       const Scalar* hc = h.data() + j * e;
       std::int32_t* ord = m_order.data() + j * kk;
-      if (!reuse) {  // fused top-(k+1) selection by insertion (kk is small)
-        Index n = 0;
-        for (Index i = 0; i < e; ++i) {
-          const Scalar v = hc[i];
-          if (n == kk && !(v > hc[ord[kk - 1]])) continue;
-          Index pos = n < kk ? n++ : kk - 1;
-          while (pos > 0 && v > hc[ord[pos - 1]]) {
-            ord[pos] = ord[pos - 1];
+      if (!reuse) {  // top-(k+1) selection: the first kk by insertion, then branch-free compare-exchange
+        Scalar top[max_selection];
+        std::int32_t at[max_selection];
+        for (Index i = 0; i < kk; ++i) {
+          Index pos = i;
+          while (pos > 0 && hc[i] > top[pos - 1]) {
+            top[pos] = top[pos - 1];
+            at[pos] = at[pos - 1];
             --pos;
           }
-          ord[pos] = static_cast<std::int32_t>(i);
+          top[pos] = hc[i];
+          at[pos] = static_cast<std::int32_t>(i);
         }
+        for (Index i = kk; i < e; ++i) {  // v sinks to its place; ties keep the lower expert first
+          Scalar v = hc[i];
+          std::int32_t a = static_cast<std::int32_t>(i);
+          for (Index q = 0; q < kk; ++q) {
+            const bool above = v > top[q];
+            const Scalar tv = top[q];
+            const std::int32_t ta = at[q];
+            top[q] = above ? v : tv;
+            at[q] = above ? a : ta;
+            v = above ? tv : v;
+            a = above ? ta : a;
+          }
+        }
+        for (Index i = 0; i < kk; ++i) ord[i] = at[i];
       }
       // softmax over the k selected values (ord[0] is the largest unless the selection is frozen)
       Scalar m = hc[ord[0]];
@@ -98,38 +155,28 @@ public:
         r.indices(i, j) = ord[i];
         m_importance[ord[i]] += r.weights(i, j);
       }
-      // log-sum-exp of the clean logits for the z-loss
-      const Scalar* cc = m_clean.data() + j * e;
-      Scalar cm = cc[0];
-      for (Index i = 1; i < e; ++i) cm = std::max(cm, cc[i]);
-      Scalar cs = 0;
-      for (Index i = 0; i < e; ++i) cs += std::exp(cc[i] - cm);
-      m_lse[j] = cm + std::log(cs);
-      z += double(m_lse[j]) * double(m_lse[j]);
     }
-    m_load.setZero(e);
     m_smooth_load = m_noisy_pass && k < e;
     if (m_smooth_load) {
+      // z = (c - threshold) / s with the threshold of each (expert, token); load = sum_t Phi(z)
       m_z.resize(e, t);
-      m_rank.resize(e);
       for (Index j = 0; j < t; ++j) {
         const std::int32_t* ord = m_order.data() + j * kk;
-        m_rank.setConstant(-1);
-        for (Index i = 0; i < k; ++i) m_rank[ord[i]] = static_cast<std::int32_t>(i);
         const Scalar thr_in = m_h(ord[k], j), thr_out = m_h(ord[k - 1], j);
-        for (Index i = 0; i < e; ++i) {
-          const Scalar zz = (m_clean(i, j) - (m_rank[i] >= 0 ? thr_in : thr_out)) / m_std(i, j);
-          m_z(i, j) = zz;
-          m_load[i] += Scalar(0.5) * std::erfc(-zz * Scalar(0.70710678118654752440));
-        }
+        for (Index i = 0; i < e; ++i) m_z(i, j) = m_clean(i, j) - thr_out;
+        for (Index i = 0; i < k; ++i) m_z(ord[i], j) = m_clean(ord[i], j) - thr_in;
       }
+      m_z.array() /= m_std.array();
+      m_phi.array() = Scalar(0.5) + Scalar(0.5) * (m_z.array() * Scalar(0.70710678118654752440)).erf();
+      m_load.noalias() = m_phi.rowwise().sum();
     } else {
+      m_load.setZero(e);
       for (Index i = 0; i < k * t; ++i) m_load[r.indices.data()[i]] += Scalar(1);
     }
     r.aux = {};
     r.aux.importance = detail::cv_squared(m_importance);
     r.aux.load = detail::cv_squared(m_load);
-    r.aux.z = static_cast<Scalar>(z / static_cast<double>(t));
+    r.aux.z = detail::lse_z_loss(m_lse);
     r.capacity = t;
     r.dropped = 0;
     r.build_dispatch();
@@ -154,7 +201,15 @@ public:
       detail::cv_squared_gradient(m_importance, m_gimp);
       m_gimp *= aux.importance;
     }
-    m_dh.setZero(e, t);
+    // dL/dclean from the z-loss: zc * lse_t * softmax(clean)_t (zero when the weight is 0)
+    const Scalar zc = aux.z * Scalar(2) / static_cast<Scalar>(t);
+    m_dclean.resize(e, t);
+    if (zc != Scalar(0)) {
+      for (Index j = 0; j < t; ++j) m_dclean.col(j) = (zc * m_lse[j]) * m_cprob.col(j);
+    } else {
+      m_dclean.setZero();
+    }
+    m_dh.setZero(e, t);  // dL/dH
     for (Index j = 0; j < t; ++j) {
       const std::int32_t* ord = m_order.data() + j * kk;
       auto dg = [&](Index i) { return Scalar(d_weights(i, j)) + (imp ? m_gimp[ord[i]] : Scalar(0)); };
@@ -162,47 +217,33 @@ public:
       for (Index i = 0; i < k; ++i) dot += r.weights(i, j) * dg(i);
       for (Index i = 0; i < k; ++i) m_dh(ord[i], j) += r.weights(i, j) * (dg(i) - dot);
     }
-    const Scalar zc = aux.z * Scalar(2) / static_cast<Scalar>(t);
-    m_dclean.resize(e, t);
-    if (m_noisy_pass) m_dstd.setZero(e, t);
-    if (m_smooth_load && aux.load != Scalar(0)) {
+    const bool load = m_smooth_load && aux.load != Scalar(0);
+    if (load) {
+      // d load_e / d z_et = phi(z_et); z = (c - thr) / s: dc = g, dthr = -g, ds = -g z, g = w_e phi / s
       detail::cv_squared_gradient(m_load, m_gload);
       m_gload *= aux.load;
-      m_dclean.setZero();
+      m_c.array() = Scalar(0.39894228040143267794) * (Scalar(-0.5) * m_z.array().square()).exp() / m_std.array();
+      m_c.array().colwise() *= m_gload.array();
       for (Index j = 0; j < t; ++j) {
         const std::int32_t* ord = m_order.data() + j * kk;
-        m_rank.setConstant(-1);
-        for (Index i = 0; i < k; ++i) m_rank[ord[i]] = static_cast<std::int32_t>(i);
-        for (Index i = 0; i < e; ++i) {
-          const Scalar zz = m_z(i, j), sd = m_std(i, j);
-          const Scalar phi = Scalar(0.39894228040143267794) * std::exp(Scalar(-0.5) * zz * zz);
-          const Scalar c = m_gload[i] * phi / sd;
-          m_dclean(i, j) += c;
-          m_dh(m_rank[i] >= 0 ? ord[k] : ord[k - 1], j) -= c;
-          m_dstd(i, j) -= c * zz;
-        }
+        Scalar all = 0, in = 0;
+        for (Index i = 0; i < e; ++i) all += m_c(i, j);
+        for (Index i = 0; i < k; ++i) in += m_c(ord[i], j);
+        m_dh(ord[k], j) -= in;          // threshold of the selected experts: the (k+1)-th value
+        m_dh(ord[k - 1], j) -= all - in;  // threshold of the others: the k-th value
       }
-      m_dclean += m_dh;
-    } else {
-      m_dclean = m_dh;
+      m_dclean += m_c;
     }
-    if (zc != Scalar(0)) {
-      for (Index j = 0; j < t; ++j)
-        for (Index i = 0; i < e; ++i) m_dclean(i, j) += zc * m_lse[j] * std::exp(m_clean(i, j) - m_lse[j]);
-    }
-    this->router_backward(x, m_dclean, input_grad);
+    m_dclean += m_dh;
     if (m_noisy_pass) {
-      // ds = dH ⊙ eps + dstd; d(noise logits) = ds ⊙ sigmoid(noise logits)
-      m_dn.resize(e, t);
-      for (Index i = 0; i < e * t; ++i) {
-        const Scalar nl = m_nlog.data()[i];
-        m_dn.data()[i] = (m_dh.data()[i] * m_eps.data()[i] + m_dstd.data()[i]) / (Scalar(1) + std::exp(-nl));
-      }
-      const Index off = this->m_router.num_params();  // the noise router follows the gate router
-      m_n.backward(this->m_params.data() + off, x, m_dn, this->m_grads.data() + off, input_grad ? &this->m_dx : nullptr,
-                   true);
+      // d(noise logits) = (dH ⊙ eps + ds) ⊙ sigmoid(noise logits), ds = -c ⊙ z from the load
+      m_dn.array() = m_dh.array() * m_eps.array();
+      if (load) m_dn.array() -= m_c.array() * m_z.array();
+      m_dn.array() /= Scalar(1) + (-m_nlog.array()).exp();
+      this->m_router.template backward<2>(this->m_params.data(), x, {&m_dclean, &m_dn}, this->m_grads.data(),
+                                          input_grad ? &this->m_dx : nullptr);
     } else {
-      this->m_grads.tail(m_n.num_params()).setZero();
+      this->router_backward(x, m_dclean, input_grad);  // the noise router's gradient is zero
     }
     return this->m_dx;
   }
@@ -214,14 +255,12 @@ public:
   const Matrix<Scalar>& clean_logits() const { return m_clean; }
 
 private:
-  detail::LinearRouter<Scalar> m_n;
   bool m_noisy;
   bool m_noisy_pass = false, m_smooth_load = false;
-  Matrix<Scalar> m_clean, m_nlog, m_eps, m_std, m_h, m_z;
-  Matrix<Scalar> m_dh, m_dclean, m_dstd, m_dn;
+  Matrix<Scalar> m_clean, m_nlog, m_eps, m_std, m_h, m_z, m_phi, m_cprob;
+  Matrix<Scalar> m_dh, m_dclean, m_c, m_dn;
   IndexMatrix m_order;
-  IndexVector m_rank;
-  Vector<Scalar> m_lse, m_importance, m_load, m_gimp, m_gload;
+  Vector<Scalar> m_lse, m_importance, m_load, m_gimp, m_gload, m_work;
 };
 
 }  // namespace fedmoe

@@ -1,0 +1,364 @@
+#pragma once
+/// @file linear_router.hpp
+/// @brief The linear router of the gates, logits = W x + b, with register-blocked forward and backward kernels.
+///
+/// **Layout.** `routers` routers of the same shape, one after the other in the parameter slice, each
+/// [W^T (width x experts, column-major = PyTorch's [experts, width] row-major), b (experts)].
+/// Each router's logits are an (experts x tokens) matrix. The noisy top-k gate runs its gate router and
+/// its noise router together, so each pass reads the tokens once (and dx sums both routers' terms).
+///
+/// **Why hand-written kernels.** A router is a GEMM with very few rows (experts) and a long depth
+/// (width), at any token count. Eigen's blocked GEMM packs its operands into buffers it allocates on
+/// the heap for large token counts, and its coefficient-based (lazy) product computes one dot product
+/// per (row, token) and is bound by loads. The three products below are register-blocked over Eigen's
+/// packet primitives instead (`Eigen::internal::ploadu/pmadd/predux`, the layer Eigen's own kernels
+/// are written in; SSE, AVX, AVX-512, NEON or a scalar fallback), allocate nothing, and keep the
+/// x tile they work on in cache:
+/// - forward: dot products along the width for blocks of 4 rows x NT tokens (each loaded packet of x
+///   and of W feeds several accumulators);
+/// - dW: per tile of `tile_tokens()` tokens, blocks of 4 rows x NI packets of width accumulate x_j dl(a, j);
+/// - dx: blocks of NI packets of width x NT tokens accumulate W_a dl(a, j) over the rows.
+/// NT and NI follow the register count (2 on 16-register targets, 4 on 32).
+///
+/// **Determinism.** Every output is one sum in a fixed order: logits(a, j) over the width (packet lanes,
+/// then Eigen's fixed reduction tree, then the scalar tail), dW(i, a) over the tokens in token order,
+/// dx(i, j) over the rows in row order. The order does not depend on where a row or token falls in a
+/// block, so a token's logits and input gradient do not depend on the other tokens of the batch, and
+/// results are bitwise equal for a given build whatever the thread count.
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include "../core/rng.hpp"
+#include "../core/tensor.hpp"
+
+namespace fedmoe::detail {
+
+/// Tokens x (width x tokens) with contiguous columns: a Matrix, a Map or a block of columns binds
+/// without a copy (any other expression is evaluated into a temporary).
+template <class Scalar>
+using TokensRef = Eigen::Ref<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+
+namespace kernel {
+
+// Fully unrolls the loops over a block's rows, tokens and packets before register allocation, so
+// that the accumulators live in registers (GCC otherwise keeps arrays of packets on the stack).
+#if defined(__GNUC__)
+#define FEDMOE_UNROLL _Pragma("GCC unroll 16")
+#else
+#define FEDMOE_UNROLL
+#endif
+
+/// Keeps a loaded packet in a register. A packet that feeds several FMAs is otherwise re-read from
+/// memory by each of them (GCC folds the load into the FMA), which makes the kernels bound by loads
+/// rather than by FMAs. An empty asm statement is the portable-enough way to stop that on x86.
+template <class P>
+inline void in_register(P& p) {
+#if defined(__GNUC__) && defined(__AVX512F__)
+  __asm__("" : "+v"(p));
+#elif defined(__GNUC__) && (defined(__SSE2__) || defined(__AVX__))
+  __asm__("" : "+x"(p));
+#else
+  (void)p;
+#endif
+}
+
+template <class Scalar>
+using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+template <class Scalar>
+inline constexpr Index lanes = Eigen::internal::unpacket_traits<Packet<Scalar>>::size;
+
+#ifdef EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS
+inline constexpr int registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
+#else
+inline constexpr int registers = 16;
+#endif
+/// Block width (tokens or packets) of the second blocking dimension; the first is always 4 rows.
+inline constexpr int wide = registers >= 32 ? 4 : 2;
+
+/// out(a, b) = bias[a] + <w[a], x_b> for BA rows and BT tokens (x_b = x + b * ldx; out(a, b) = out[a + b * ldo]).
+template <int BA, int BT, bool Prefetch, class Scalar>
+inline void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx, Index n,
+                      Scalar* out, Index ldo) {
+  using namespace Eigen::internal;
+  using P = Packet<Scalar>;
+  constexpr Index L = lanes<Scalar>;
+  P acc[BA][BT];
+  FEDMOE_UNROLL
+  for (int a = 0; a < BA; ++a)
+    FEDMOE_UNROLL
+    for (int b = 0; b < BT; ++b) acc[a][b] = pset1<P>(Scalar(0));
+  Index i = 0;
+  for (; i + L <= n; i += L) {
+    P xv[BT];
+    FEDMOE_UNROLL
+    for (int b = 0; b < BT; ++b) {
+      xv[b] = ploadu<P>(x + b * ldx + i);
+      in_register(xv[b]);
+      if constexpr (Prefetch) prefetch(x + (2 * BT + b) * ldx + i);  // two blocks of tokens ahead
+    }
+    FEDMOE_UNROLL
+    for (int a = 0; a < BA; ++a) {
+      P wv = ploadu<P>(w[a] + i);
+      in_register(wv);
+      FEDMOE_UNROLL
+      for (int b = 0; b < BT; ++b) acc[a][b] = pmadd(wv, xv[b], acc[a][b]);
+    }
+  }
+  FEDMOE_UNROLL
+  for (int a = 0; a < BA; ++a)
+    FEDMOE_UNROLL
+    for (int b = 0; b < BT; ++b) {
+      Scalar s = predux(acc[a][b]);
+      for (Index r = i; r < n; ++r) s += w[a][r] * x[b * ldx + r];
+      out[a + b * ldo] = s + bias[a];
+    }
+}
+
+/// dx(i .. i + BI*L, b) = sum_{r, e} w_re(i ..) dl_r(e, b) for BT tokens, rows in order (router by router).
+/// Router r's weights for expert e start at p + r * stride + e * n; dl[r] points at its (experts x BT) block.
+template <int BI, int BT, class Scalar>
+inline void axpy_block(const Scalar* p, Index routers, Index experts, Index stride, Index n,
+                       const Scalar* const* dl, Index i, Scalar* dx, Index lddx) {
+  using namespace Eigen::internal;
+  using P = Packet<Scalar>;
+  constexpr Index L = lanes<Scalar>;
+  P acc[BI][BT];
+  FEDMOE_UNROLL
+  for (int q = 0; q < BI; ++q)
+    FEDMOE_UNROLL
+    for (int b = 0; b < BT; ++b) acc[q][b] = pset1<P>(Scalar(0));
+  for (Index r = 0; r < routers; ++r)
+    for (Index e = 0; e < experts; ++e) {
+      const Scalar* w = p + r * stride + e * n + i;
+      P d[BT];
+      FEDMOE_UNROLL
+      for (int b = 0; b < BT; ++b) d[b] = pset1<P>(dl[r][e + b * experts]);
+      FEDMOE_UNROLL
+      for (int q = 0; q < BI; ++q) {
+        P wv = ploadu<P>(w + q * L);
+        in_register(wv);
+        FEDMOE_UNROLL
+        for (int b = 0; b < BT; ++b) acc[q][b] = pmadd(wv, d[b], acc[q][b]);
+      }
+    }
+  FEDMOE_UNROLL
+  for (int q = 0; q < BI; ++q)
+    FEDMOE_UNROLL
+    for (int b = 0; b < BT; ++b) pstoreu(dx + b * lddx + i + q * L, acc[q][b]);
+}
+
+/// g[a](i .. i + BI*L) (+)= sum_{j in [j0, j1)} x_j(i ..) dl(a, j) for BA rows, tokens in order.
+template <int BA, int BI, class Scalar>
+inline void outer_block(Scalar* const (&g)[BA], const Scalar* dl, Index lddl, const Scalar* x, Index ldx, Index i,
+                        Index j0, Index j1, bool first, Index prefetch_ahead) {
+  using namespace Eigen::internal;
+  using P = Packet<Scalar>;
+  constexpr Index L = lanes<Scalar>;
+  P acc[BA][BI];
+  FEDMOE_UNROLL
+  for (int a = 0; a < BA; ++a)
+    FEDMOE_UNROLL
+    for (int q = 0; q < BI; ++q) acc[a][q] = first ? pset1<P>(Scalar(0)) : ploadu<P>(g[a] + i + q * L);
+  for (Index j = j0; j < j1; ++j) {
+    P xv[BI];
+    FEDMOE_UNROLL
+    for (int q = 0; q < BI; ++q) xv[q] = ploadu<P>(x + j * ldx + i + q * L);
+    if (prefetch_ahead)  // the same lines of a later tile of tokens
+      FEDMOE_UNROLL
+      for (int q = 0; q < BI; ++q) prefetch(x + (j + prefetch_ahead) * ldx + i + q * L);
+    FEDMOE_UNROLL
+    for (int a = 0; a < BA; ++a) {
+      const P d = pset1<P>(dl[a + j * lddl]);
+      FEDMOE_UNROLL
+      for (int q = 0; q < BI; ++q) acc[a][q] = pmadd(xv[q], d, acc[a][q]);
+    }
+  }
+  FEDMOE_UNROLL
+  for (int a = 0; a < BA; ++a)
+    FEDMOE_UNROLL
+    for (int q = 0; q < BI; ++q) pstoreu(g[a] + i + q * L, acc[a][q]);
+}
+
+/// Calls f.template operator()<N>() with N = n for n in 1 .. 4 (block remainders).
+template <class F>
+inline void with_block(Index n, F&& f) {
+  switch (n) {
+    case 1: f.template operator()<1>(); break;
+    case 2: f.template operator()<2>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 4: f.template operator()<4>(); break;
+    default: break;
+  }
+}
+
+}  // namespace kernel
+
+/// `routers` linear routers of width x experts over the same tokens (see the file comment).
+template <class Scalar>
+struct LinearRouter {
+  Index width = 0;
+  Index experts = 0;
+  Index routers = 1;
+
+  /// Tokens per tile of the backward pass: each tile's dW partial sums are loaded and stored once, and
+  /// its x columns (about 256 KiB, 16 to 128 tokens) stay in L2 between the dW and the dx kernels.
+  Index tile_tokens() const {
+    const Index fit = (Index(256) << 10) / (std::max<Index>(width, 1) * Index(sizeof(Scalar)));
+    return std::clamp<Index>(fit, 16, 128);
+  }
+  /// Tokens larger than this (bytes) come from memory rather than cache: the kernels prefetch ahead.
+  static constexpr std::size_t prefetch_bytes = std::size_t(1) << 20;
+
+  static bool streams(const TokensRef<Scalar>& x) {
+    return static_cast<std::size_t>(x.size()) * sizeof(Scalar) > prefetch_bytes;
+  }
+
+  /// Parameters of one router: width * experts weights, then experts biases.
+  Index router_params() const { return width * experts + experts; }
+  Index num_params() const { return routers * router_params(); }
+
+  /// logits = W x + b (experts x tokens) of the first router.
+  void forward(const Scalar* p, const TokensRef<Scalar>& x, Matrix<Scalar>& logits) const {
+    forward<1>(p, x, {&logits});
+  }
+  /// logits[r] = W_r x + b_r (experts x tokens) for the first R routers (R <= routers; the others are
+  /// not computed).
+  template <std::size_t R>
+  void forward(const Scalar* p, const TokensRef<Scalar>& x, const std::array<Matrix<Scalar>*, R>& logits) const {
+    const Index t = x.cols();
+    for (std::size_t r = 0; r < R; ++r) logits[r]->resize(experts, t);
+    // Tokens outer, rows inner: a block of tokens is read from memory once and stays in L1 for every row.
+    constexpr Index NT = kernel::wide;
+    Index j = 0;
+    for (; j + NT <= t; j += NT) forward_tokens<R, NT>(p, x, logits, j);
+    if (j < t) kernel::with_block(t - j, [&]<int BT>() { forward_tokens<R, BT>(p, x, logits, j); });
+  }
+
+  /// g = dL/d(parameters) (overwritten) from dlogits = dL/dlogits of the first router (experts x tokens);
+  /// when dx is given, *dx = dL/dx = W^T dlogits (width x tokens, resized). Further routers get zero gradients.
+  void backward(const Scalar* p, const TokensRef<Scalar>& x, const Matrix<Scalar>& dlogits, Scalar* g,
+                Matrix<Scalar>* dx) const {
+    backward<1>(p, x, {&dlogits}, g, dx);
+  }
+  /// The same for the first R routers' dlogits[r]; dx sums over them (routers beyond R contribute nothing
+  /// and get zero gradients).
+  template <std::size_t R>
+  void backward(const Scalar* p, const TokensRef<Scalar>& x, const std::array<const Matrix<Scalar>*, R>& dlogits,
+                Scalar* g, Matrix<Scalar>* dx) const {
+    const Index t = x.cols(), n = width, m = experts, rp = router_params(), ldx = x.outerStride();
+    if (dx) dx->resize(n, t);
+    for (Index r = 0; r < routers; ++r) {
+      VectorMap<Scalar> gr(g + r * rp, rp);
+      if (r >= static_cast<Index>(R) || t == 0) {
+        gr.setZero();
+        continue;
+      }
+      gr.tail(m).setZero();  // db = sum of dlogits' columns (token order)
+      for (Index j = 0; j < t; ++j) gr.tail(m) += dlogits[r]->col(j);
+    }
+    const Scalar* dl[R];
+    for (std::size_t r = 0; r < R; ++r) dl[r] = dlogits[r]->data();
+    const Index tile = tile_tokens();
+    for (Index j0 = 0; j0 < t; j0 += tile) {
+      const Index j1 = std::min(t, j0 + tile);
+      for (std::size_t r = 0; r < R; ++r)
+        weight_gradient_tile(g + static_cast<Index>(r) * rp, dl[r], x.data(), ldx, j0, j1,
+                             r == 0 && streams(x) && j1 + tile <= t ? tile : 0);
+      if (dx) input_gradient_tile<R>(p, dl, *dx, j0, j1);
+    }
+  }
+
+  /// PyTorch nn.Linear's default for the first router: U(-1/sqrt(width), 1/sqrt(width)) for weight
+  /// and bias. Further routers are left as they are (the noisy gate sets its noise router itself).
+  void init(Scalar* p, Rng& rng) const {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(width));
+    for (Index i = 0; i < router_params(); ++i) p[i] = rng.uniform<Scalar>(Scalar(-bound), Scalar(bound));
+  }
+
+private:
+  /// logits[r](:, j .. j + BT) for every router r < R.
+  template <std::size_t R, int BT>
+  void forward_tokens(const Scalar* p, const TokensRef<Scalar>& x, const std::array<Matrix<Scalar>*, R>& logits,
+                      Index j) const {
+    const Index n = width, m = experts, ldx = x.outerStride();
+    const Scalar* xj = x.data() + j * ldx;
+    for (std::size_t r = 0; r < R; ++r) {
+      const Scalar* pr = p + static_cast<Index>(r) * router_params();
+      Scalar* out = logits[r]->data() + j * m;
+      for (Index a0 = 0; a0 < m; a0 += 4)
+        kernel::with_block(std::min<Index>(4, m - a0), [&]<int BA>() {
+          const Scalar* w[BA];
+          Scalar bias[BA];
+          FEDMOE_UNROLL
+          for (int a = 0; a < BA; ++a) {
+            w[a] = pr + (a0 + a) * n;
+            bias[a] = pr[n * m + a0 + a];
+          }
+          if (r == 0 && a0 == 0 && streams(x))  // the first row block fetches later tokens ahead
+            kernel::dot_block<BA, BT, true>(w, bias, xj, ldx, n, out + a0, m);
+          else
+            kernel::dot_block<BA, BT, false>(w, bias, xj, ldx, n, out + a0, m);
+        });
+    }
+  }
+
+  /// One router's dW(:, e) (+)= x_j dl(e, j) for the tokens of one tile (overwrites at the first tile).
+  /// The first row block prefetches x `ahead` tokens further (0: no prefetch).
+  void weight_gradient_tile(Scalar* g, const Scalar* dl, const Scalar* x, Index ldx, Index j0, Index j1,
+                            Index ahead) const {
+    constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide;
+    const Index m = experts, n = width;
+    const bool first = j0 == 0;
+    for (Index a0 = 0; a0 < m; a0 += 4) {
+      kernel::with_block(std::min<Index>(4, m - a0), [&]<int BA>() {
+        Scalar* ga[BA];
+        FEDMOE_UNROLL
+        for (int a = 0; a < BA; ++a) ga[a] = g + (a0 + a) * n;
+        const Scalar* dla = dl + a0;
+        Index i = 0;
+        const Index pf = a0 == 0 ? ahead : 0;
+        for (; i + NI * L <= n; i += NI * L) kernel::outer_block<BA, NI>(ga, dla, m, x, ldx, i, j0, j1, first, pf);
+        for (; i + L <= n; i += L) kernel::outer_block<BA, 1>(ga, dla, m, x, ldx, i, j0, j1, first, pf);
+        for (; i < n; ++i)
+          FEDMOE_UNROLL
+          for (int a = 0; a < BA; ++a) {
+            Scalar s = first ? Scalar(0) : ga[a][i];
+            for (Index j = j0; j < j1; ++j) s += x[i + j * ldx] * dla[a + j * m];
+            ga[a][i] = s;
+          }
+      });
+    }
+  }
+
+  /// dx(:, j) = sum_{r < R, e} W_re dl_r(e, j) for the tokens of one tile.
+  template <std::size_t R>
+  void input_gradient_tile(const Scalar* p, const Scalar* const (&dl)[R], Matrix<Scalar>& dx, Index j0,
+                           Index j1) const {
+    constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide, NT = kernel::wide;
+    const Index m = experts, n = width, rp = router_params();
+    const Index used = static_cast<Index>(R);
+    Scalar* out = dx.data();
+    for (Index j = j0; j < j1; j += NT) {
+      kernel::with_block(std::min<Index>(NT, j1 - j), [&]<int BT>() {
+        const Scalar* dlj[R];
+        for (std::size_t r = 0; r < R; ++r) dlj[r] = dl[r] + j * m;
+        Scalar* dxj = out + j * n;
+        Index i = 0;
+        for (; i + NI * L <= n; i += NI * L) kernel::axpy_block<NI, BT>(p, used, m, rp, n, dlj, i, dxj, n);
+        for (; i + L <= n; i += L) kernel::axpy_block<1, BT>(p, used, m, rp, n, dlj, i, dxj, n);
+        for (; i < n; ++i)
+          FEDMOE_UNROLL
+          for (int b = 0; b < BT; ++b) {
+            Scalar s = 0;
+            for (Index r = 0; r < used; ++r)
+              for (Index e = 0; e < m; ++e) s += p[r * rp + e * n + i] * dlj[r][e + b * m];
+            dxj[i + b * n] = s;
+          }
+      });
+    }
+  }
+};
+
+}  // namespace fedmoe::detail

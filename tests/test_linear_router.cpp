@@ -1,0 +1,98 @@
+// The linear router's register-blocked kernels against plain Eigen products, on every block remainder.
+#include <catch2/catch.hpp>
+#include <fedmoe/moe/linear_router.hpp>
+
+using namespace fedmoe;
+
+namespace {
+
+template <class S>
+Matrix<S> uniform_matrix(Index rows, Index cols, std::uint64_t seed) {
+  Rng rng(seed);
+  Matrix<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.uniform<S>(S(-1), S(1));
+  return m;
+}
+
+template <class S>
+double rel_error(const Matrix<S>& a, const Matrix<S>& b) {
+  return (a - b).template cast<double>().norm() / (1e-30 + b.template cast<double>().norm());
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("LinearRouter matches W x + b and its gradients for every block remainder", "[router]", float,
+                   double) {
+  using S = TestType;
+  const double tol = std::is_same_v<S, float> ? 1e-5 : 1e-13;
+  for (Index width : {1, 3, 16, 37, 69})
+    for (Index experts : {1, 2, 3, 5, 8, 9})
+      for (Index tokens : {1, 2, 3, 5, 17, 33})
+        for (Index routers : {1, 2}) {
+          CAPTURE(width, experts, tokens, routers);
+          const detail::LinearRouter<S> router{width, experts, routers};
+          const Vector<S> p = uniform_matrix<S>(router.num_params(), 1, 3);
+          const Matrix<S> x = uniform_matrix<S>(width, tokens, 4);
+          const Matrix<S> dl0 = uniform_matrix<S>(experts, tokens, 5), dl1 = uniform_matrix<S>(experts, tokens, 6);
+          const Index rp = router.router_params();
+          auto w = [&](Index r) { return ConstMatrixMap<S>(p.data() + r * rp, width, experts); };  // W_r^T
+          auto b = [&](Index r) { return ConstVectorMap<S>(p.data() + r * rp + width * experts, experts); };
+
+          Matrix<S> l0, l1;
+          Vector<S> g(router.num_params());
+          Matrix<S> dx;
+          if (routers == 1) {
+            router.forward(p.data(), x, l0);
+            router.backward(p.data(), x, dl0, g.data(), &dx);
+          } else {
+            router.template forward<2>(p.data(), x, {&l0, &l1});
+            router.template backward<2>(p.data(), x, {&dl0, &dl1}, g.data(), &dx);
+          }
+          Matrix<S> want = (w(0).transpose() * x).colwise() + b(0);
+          CHECK(rel_error(l0, want) < tol);
+          Matrix<S> gw = x * dl0.transpose();
+          CHECK(rel_error<S>(ConstMatrixMap<S>(g.data(), width, experts), gw) < tol);
+          CHECK(rel_error<S>(ConstVectorMap<S>(g.data() + width * experts, experts), dl0.rowwise().sum()) < tol);
+          Matrix<S> wdx = w(0) * dl0;
+          if (routers == 2) {
+            want = (w(1).transpose() * x).colwise() + b(1);
+            CHECK(rel_error(l1, want) < tol);
+            gw = x * dl1.transpose();
+            CHECK(rel_error<S>(ConstMatrixMap<S>(g.data() + rp, width, experts), gw) < tol);
+            CHECK(rel_error<S>(ConstVectorMap<S>(g.data() + rp + width * experts, experts), dl1.rowwise().sum()) <
+                  tol);
+            wdx += w(1) * dl1;
+          }
+          CHECK(rel_error(dx, wdx) < tol);
+        }
+}
+
+TEST_CASE("LinearRouter: a token's logits and input gradient do not depend on the rest of the batch", "[router]") {
+  const detail::LinearRouter<float> router{67, 6, 1};
+  const Vector<float> p = uniform_matrix<float>(router.num_params(), 1, 7);
+  const Matrix<float> x = uniform_matrix<float>(67, 23, 8), dl = uniform_matrix<float>(6, 23, 9);
+  Matrix<float> all, one, dx_all, dx_one;
+  Vector<float> g(router.num_params());
+  router.forward(p.data(), x, all);
+  router.backward(p.data(), x, dl, g.data(), &dx_all);
+  for (Index j : {0, 5, 22}) {
+    const Matrix<float> xj = x.col(j), dlj = dl.col(j);
+    router.forward(p.data(), xj, one);
+    router.backward(p.data(), xj, dlj, g.data(), &dx_one);
+    CHECK(one.col(0) == all.col(j));  // bitwise: the sums run in the same order
+    CHECK(dx_one.col(0) == dx_all.col(j));
+  }
+}
+
+TEST_CASE("LinearRouter: only the routers given are computed; the others get zero gradients", "[router]") {
+  const detail::LinearRouter<double> router{9, 3, 2};
+  const Vector<double> p = uniform_matrix<double>(router.num_params(), 1, 10);
+  const Matrix<double> x = uniform_matrix<double>(9, 4, 11), dl = uniform_matrix<double>(3, 4, 12);
+  Vector<double> g = Vector<double>::Constant(router.num_params(), 7.0);
+  Matrix<double> dx;
+  router.backward(p.data(), x, dl, g.data(), &dx);
+  CHECK(g.tail(router.router_params()).isZero(0));
+  CHECK_FALSE(g.head(router.router_params()).isZero(0));
+  const Matrix<double> want = ConstMatrixMap<double>(p.data(), 9, 3) * dl;
+  CHECK((dx - want).norm() < 1e-12 * want.norm());
+}
