@@ -68,6 +68,31 @@ TEMPLATE_TEST_CASE("dense computes W x + b with W in PyTorch's [out, in] layout"
   CHECK(y(1, 0) == S(4 - 6 + 20));
 }
 
+/// A direct convolution in double of x (in, one column per sample) with a 3-output, k x k Conv2d's
+/// parameters w ([O][C][k][k], then the bias): the reference the conv2d tests compare with.
+template <class S>
+Matrix<double> direct_conv3(const S* w, const Matrix<S>& x, Shape in, Shape out, Index k, Index stride, Index pad) {
+  const Index outputs = 3, c_in = in.channels;
+  const S* b = w + outputs * c_in * k * k;
+  Matrix<double> y(out.size(), x.cols());
+  for (Index s = 0; s < x.cols(); ++s)
+    for (Index o = 0; o < outputs; ++o)
+      for (Index oy = 0; oy < out.height; ++oy)
+        for (Index ox = 0; ox < out.width; ++ox) {
+          double acc = b[o];
+          for (Index c = 0; c < c_in; ++c)
+            for (Index ky = 0; ky < k; ++ky)
+              for (Index kx = 0; kx < k; ++kx) {
+                const Index iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                if (iy < 0 || iy >= in.height || ix < 0 || ix >= in.width) continue;
+                acc += double(w[((o * c_in + c) * k + ky) * k + kx]) *
+                       double(x((c * in.height + iy) * in.width + ix, s));
+              }
+          y((o * out.height + oy) * out.width + ox, s) = acc;
+        }
+  return y;
+}
+
 TEMPLATE_TEST_CASE("conv2d matches a direct convolution", "[layers]", float, double) {
   using S = TestType;
   const Shape in{2, 5, 4};
@@ -78,22 +103,8 @@ TEMPLATE_TEST_CASE("conv2d matches a direct convolution", "[layers]", float, dou
   const Matrix<S> y = m.forward(x);
   const Shape out = m.output_shape();
   REQUIRE(out == Shape{3, 3, 2});
-  const S* w = m.parameters().data();  // [O][C][k][k]
-  const S* b = w + 3 * 2 * 9;
-  for (Index s = 0; s < 2; ++s)
-    for (Index o = 0; o < 3; ++o)
-      for (Index oy = 0; oy < out.height; ++oy)
-        for (Index ox = 0; ox < out.width; ++ox) {
-          double acc = b[o];
-          for (Index c = 0; c < 2; ++c)
-            for (Index ky = 0; ky < 3; ++ky)
-              for (Index kx = 0; kx < 3; ++kx) {
-                const Index iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx;
-                if (iy < 0 || iy >= in.height || ix < 0 || ix >= in.width) continue;
-                acc += double(w[((o * 2 + c) * 3 + ky) * 3 + kx]) * double(x(c * 20 + iy * 4 + ix, s));
-              }
-          CHECK(double(y((o * out.height + oy) * out.width + ox, s)) == Approx(acc).epsilon(1e-5));
-        }
+  const Matrix<double> want = direct_conv3(m.parameters().data(), x, in, out, 3, 2, 1);
+  for (Index i = 0; i < want.size(); ++i) CHECK(double(y.data()[i]) == Approx(want.data()[i]).epsilon(1e-5));
 }
 
 TEMPLATE_TEST_CASE("max_pool2d takes window maxima and routes gradients to them", "[layers]", float, double) {
@@ -127,22 +138,12 @@ TEMPLATE_TEST_CASE("conv2d with stride 1 and no padding matches a direct convolu
     const Matrix<S> y = m.forward(x);
     const Shape out = m.output_shape();
     REQUIRE(out == Shape{3, 2, width - 2});
-    const S* w = m.parameters().data();  // [O][C][k][k]
-    const S* b = w + 3 * 2 * 9;
-    for (Index s = 0; s < 2; ++s)
-      for (Index o = 0; o < 3; ++o)
-        for (Index oy = 0; oy < out.height; ++oy)
-          for (Index ox = 0; ox < out.width; ++ox) {
-            double acc = b[o];
-            for (Index c = 0; c < 2; ++c)
-              for (Index ky = 0; ky < 3; ++ky)
-                for (Index kx = 0; kx < 3; ++kx)
-                  acc += double(w[((o * 2 + c) * 3 + ky) * 3 + kx]) *
-                         double(x((c * in.height + oy + ky) * width + ox + kx, s));
-            INFO("width " << width << " sample " << s << " channel " << o << " at " << oy << ", " << ox);
-            // A margin too: some outputs are sums that cancel to ~1e-3, where float's relative error grows.
-            CHECK(double(y((o * out.height + oy) * out.width + ox, s)) == Approx(acc).epsilon(1e-5).margin(1e-6));
-          }
+    const Matrix<double> want = direct_conv3(m.parameters().data(), x, in, out, 3, 1, 0);
+    for (Index i = 0; i < want.size(); ++i) {
+      INFO("width " << width << " output " << i);
+      // A margin too: some outputs are sums that cancel to ~1e-3, where float's relative error grows.
+      CHECK(double(y.data()[i]) == Approx(want.data()[i]).epsilon(1e-5).margin(1e-6));
+    }
   }
 }
 
