@@ -281,6 +281,12 @@ protected:
                  " tokens, got ", tokens);
     return true;
   }
+  /// Forward epilogue of every gate: the routing is complete and becomes the selection that
+  /// freeze_selection reuses; returns it.
+  const Routing<Scalar>& keep_selection() {
+    m_has_selection = true;
+    return m_routing;
+  }
 
   Vector<Scalar> m_params, m_grads;
   Routing<Scalar> m_routing;
@@ -389,8 +395,7 @@ protected:
   /// the selection for freeze_selection.
   const Routing<Scalar>& end_routing() {
     this->m_routing.aux.z = lse_z_loss(m_lse);
-    this->m_has_selection = true;
-    return this->m_routing;
+    return this->keep_selection();
   }
   /// Backward epilogue: dL/dlogits from dL/dp = m_dp (with the z-loss term, weight wz), then through
   /// the router; returns dL/dx when input_grad.

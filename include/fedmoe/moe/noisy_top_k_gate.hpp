@@ -180,8 +180,7 @@ public:
     r.capacity = t;
     r.dropped = 0;
     r.build_dispatch();
-    this->m_has_selection = true;
-    return r;
+    return this->keep_selection();
   }
   /// Evaluation-mode forward (no noise).
   template <class In>

@@ -52,8 +52,7 @@ public:
     this->router_forward(x, m_logits);
     detail::softmax_columns(m_logits, r.weights, m_lse);
     r.aux.z = detail::lse_z_loss(m_lse);
-    this->m_has_selection = true;
-    return r;
+    return this->keep_selection();
   }
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) { return forward(x, mode, &rng); }
@@ -102,8 +101,7 @@ public:
       z += lse * lse;
     }
     r.aux.z = static_cast<Scalar>(z / static_cast<double>(t));
-    this->m_has_selection = true;
-    return r;
+    return this->keep_selection();
   }
   template <class In>
   const Routing<Scalar>& forward(const In& x, Mode mode, Rng& rng) { return forward(x, mode, &rng); }
