@@ -117,7 +117,7 @@ TEMPLATE_TEST_CASE("batcher handles the short last batch and reuses its workspac
   }
 }
 
-TEMPLATE_TEST_CASE("batcher with batch_size >= size gives one batch; repeated indices are allowed",
+TEMPLATE_TEST_CASE("batcher with batch_size >= size gives one batch and allows repeated indices",
                    "[data][batcher]", float, double) {
   using S = TestType;
   const auto data = numbered_dataset<S>(2, 10);

@@ -84,7 +84,7 @@ TEST_CASE("LinearRouter: a token's logits and input gradient do not depend on th
   }
 }
 
-TEST_CASE("LinearRouter: only the routers given are computed; the others get zero gradients", "[router]") {
+TEST_CASE("LinearRouter computes only the routers given and zeroes the other routers' gradients", "[router]") {
   const detail::LinearRouter<double> router{9, 3, 2};
   const Vector<double> p = uniform_matrix<double>(router.num_params(), 1, 10);
   const Matrix<double> x = uniform_matrix<double>(9, 4, 11), dl = uniform_matrix<double>(3, 4, 12);

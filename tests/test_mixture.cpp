@@ -252,7 +252,7 @@ TEMPLATE_TEST_CASE("mixture gradients pass the central-difference check", "[mixt
   CHECK(err_h <= max_err);
 }
 
-TEST_CASE("a gate at 0 gives the specialist no gradient; at 1 the global model does not matter", "[mixture]") {
+TEST_CASE("a gate at 0 gives the specialist no gradient and at 1 the global model does not matter", "[mixture]") {
   using S = double;
   Experts<S> e(13);
   const Matrix<S> x = random_batch<S>(kInputs, 6, 14);

@@ -350,7 +350,7 @@ TEST_CASE("non-finite parameters are refused on save and on load", "[io][seriali
   CHECK_THROWS_WITH(save_model(out, model), Contains("expected finite parameters, got inf at index 200"));
 }
 
-TEST_CASE("a failed save leaves the previous file intact; missing files are named", "[io][serialization]") {
+TEST_CASE("a failed save leaves the previous file intact and missing files are named", "[io][serialization]") {
   TempDir dir("atomic");
   const std::string path = dir.file("model.bin");
   auto model = initialized(fashion_cnn<float>(), 6);
