@@ -50,6 +50,15 @@ namespace kernel {
 #define FEDMOE_UNROLL
 #endif
 
+// The block kernels are compiled as functions of their own: inlined into the callers' loops over
+// routers and blocks, GCC ran out of vector registers and spilled accumulators inside the hot loop.
+// A call per block (thousands of FMAs) costs nothing measurable.
+#if defined(__GNUC__)
+#define FEDMOE_KERNEL [[gnu::noinline]] inline
+#else
+#define FEDMOE_KERNEL inline
+#endif
+
 /// Keeps a loaded packet in a register. A packet that feeds several FMAs is otherwise re-read from
 /// memory by each of them (GCC folds the load into the FMA), which makes the kernels bound by loads
 /// rather than by FMAs. An empty asm statement is the portable-enough way to stop that on x86.
@@ -79,7 +88,7 @@ inline constexpr int wide = registers >= 32 ? 4 : 2;
 
 /// out(a, b) = bias[a] + <w[a], x_b> for BA rows and BT tokens (x_b = x + b * ldx; out(a, b) = out[a + b * ldo]).
 template <int BA, int BT, bool Prefetch, class Scalar>
-inline void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx, Index n,
+FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx, Index n,
                       Scalar* out, Index ldo) {
   using namespace Eigen::internal;
   using P = Packet<Scalar>;
