@@ -50,9 +50,10 @@ namespace kernel {
 #define FEDMOE_UNROLL
 #endif
 
-// The block kernels are compiled as functions of their own: inlined into the callers' loops over
-// routers and blocks, GCC ran out of vector registers and spilled accumulators inside the hot loop.
-// A call per block (thousands of FMAs) costs nothing measurable.
+// The dot-product block kernel is compiled as a function of its own: inlined into the loops over
+// routers and row blocks, GCC spilled its accumulators inside the hot loop (the forward ran 15 %
+// slower). A call per block (thousands of FMAs) costs nothing measurable. The other two kernels
+// measured faster inlined.
 #if defined(__GNUC__)
 #define FEDMOE_KERNEL [[gnu::noinline]] inline
 #else
