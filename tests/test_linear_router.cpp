@@ -2,17 +2,12 @@
 #include <catch2/catch.hpp>
 #include <fedmoe/moe/linear_router.hpp>
 
+#include "gradient_check.hpp"
+
 using namespace fedmoe;
+using fedmoe::test::random_batch;
 
 namespace {
-
-template <class S>
-Matrix<S> uniform_matrix(Index rows, Index cols, std::uint64_t seed) {
-  Rng rng(seed);
-  Matrix<S> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.uniform<S>(S(-1), S(1));
-  return m;
-}
 
 template <class S>
 double rel_error(const Matrix<S>& a, const Matrix<S>& b) {
@@ -31,9 +26,9 @@ TEMPLATE_TEST_CASE("LinearRouter matches W x + b and its gradients for every blo
         for (Index routers : {1, 2}) {
           CAPTURE(width, experts, tokens, routers);
           const detail::LinearRouter<S> router{width, experts, routers};
-          const Vector<S> p = uniform_matrix<S>(router.num_params(), 1, 3);
-          const Matrix<S> x = uniform_matrix<S>(width, tokens, 4);
-          const Matrix<S> dl0 = uniform_matrix<S>(experts, tokens, 5), dl1 = uniform_matrix<S>(experts, tokens, 6);
+          const Vector<S> p = random_batch<S>(router.num_params(), 1, 3);
+          const Matrix<S> x = random_batch<S>(width, tokens, 4);
+          const Matrix<S> dl0 = random_batch<S>(experts, tokens, 5), dl1 = random_batch<S>(experts, tokens, 6);
           const Index rp = router.router_params();
           auto w = [&](Index r) { return ConstMatrixMap<S>(p.data() + r * rp, width, experts); };  // W_r^T
           auto b = [&](Index r) { return ConstVectorMap<S>(p.data() + r * rp + width * experts, experts); };
@@ -69,8 +64,8 @@ TEMPLATE_TEST_CASE("LinearRouter matches W x + b and its gradients for every blo
 
 TEST_CASE("LinearRouter: a token's logits and input gradient do not depend on the rest of the batch", "[router]") {
   const detail::LinearRouter<float> router{67, 6, 1};
-  const Vector<float> p = uniform_matrix<float>(router.num_params(), 1, 7);
-  const Matrix<float> x = uniform_matrix<float>(67, 23, 8), dl = uniform_matrix<float>(6, 23, 9);
+  const Vector<float> p = random_batch<float>(router.num_params(), 1, 7);
+  const Matrix<float> x = random_batch<float>(67, 23, 8), dl = random_batch<float>(6, 23, 9);
   Matrix<float> all, one, dx_all, dx_one;
   Vector<float> g(router.num_params());
   router.forward(p.data(), x, all);
@@ -86,8 +81,8 @@ TEST_CASE("LinearRouter: a token's logits and input gradient do not depend on th
 
 TEST_CASE("LinearRouter computes only the routers given and zeroes the other routers' gradients", "[router]") {
   const detail::LinearRouter<double> router{9, 3, 2};
-  const Vector<double> p = uniform_matrix<double>(router.num_params(), 1, 10);
-  const Matrix<double> x = uniform_matrix<double>(9, 4, 11), dl = uniform_matrix<double>(3, 4, 12);
+  const Vector<double> p = random_batch<double>(router.num_params(), 1, 10);
+  const Matrix<double> x = random_batch<double>(9, 4, 11), dl = random_batch<double>(3, 4, 12);
   Vector<double> g = Vector<double>::Constant(router.num_params(), 7.0);
   Matrix<double> dx;
   router.backward(p.data(), x, dl, g.data(), &dx);
