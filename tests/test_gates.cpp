@@ -394,11 +394,13 @@ TEST_CASE("bad gate configurations and shapes raise clear errors", "[gates]") {
 TEMPLATE_TEST_CASE("standard_normals inverts the normal CDF of seeded uniforms", "[gates]", float, double) {
   using S = TestType;
   const Index n = 100001;  // odd: the float path's last value uses half of a 64-bit draw
-  Vector<S> a(n), b(n), work;
-  Rng ra(3), rb(3);
-  detail::standard_normals(ra, a.data(), n, work);
-  detail::standard_normals(rb, b.data(), n, work);
+  Vector<S> a(n), b(n), c(37);
+  Rng ra(3), rb(3), rc(3);
+  detail::standard_normals(ra, a.data(), n);
+  detail::standard_normals(rb, b.data(), n);
   CHECK(a == b);  // seeded
+  detail::standard_normals(rc, c.data(), c.size());  // ends in a partial packet at any packet size
+  CHECK(c == a.head(c.size()));
   // The uniforms the function draws (see its comment), and Phi(eps) = u for each.
   Rng ru(3);
   std::vector<double> u;
