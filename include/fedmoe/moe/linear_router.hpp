@@ -29,6 +29,10 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#if defined(__SSE2__)
+#include <immintrin.h>  // streaming stores
+#endif
 
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
@@ -74,6 +78,32 @@ inline void in_register(P& p) {
 #endif
 }
 
+/// Stores a packet to `to` with a non-temporal (streaming) store where the target has one for the packet
+/// type; `to` must then be aligned to the packet size. Used for outputs too large to stay in cache: the store
+/// neither reads the line first nor evicts the inputs. Call stream_fence() after the last one.
+template <class P, class Scalar>
+inline void stream_store(Scalar* to, const P& v) {
+  Eigen::internal::pstoreu(to, v);
+}
+#if defined(__AVX512F__)
+inline void stream_store(float* to, const __m512& v) { _mm512_stream_ps(to, v); }
+inline void stream_store(double* to, const __m512d& v) { _mm512_stream_pd(to, v); }
+#endif
+#if defined(__AVX__)
+inline void stream_store(float* to, const __m256& v) { _mm256_stream_ps(to, v); }
+inline void stream_store(double* to, const __m256d& v) { _mm256_stream_pd(to, v); }
+#endif
+#if defined(__SSE2__)
+inline void stream_store(float* to, const __m128& v) { _mm_stream_ps(to, v); }
+inline void stream_store(double* to, const __m128d& v) { _mm_stream_pd(to, v); }
+#endif
+/// Orders earlier streaming stores before later stores (they are weakly ordered).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 template <class Scalar>
 using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
 template <class Scalar>
@@ -87,10 +117,38 @@ inline constexpr int registers = 16;
 /// Block width (tokens or packets) of the second blocking dimension; the first is always 4 rows.
 inline constexpr int wide = registers >= 32 ? 4 : 2;
 
+/// Cache lines of a few token columns, fetched a few at a time from inside the kernels, so that the fetches
+/// of later tokens spread evenly over the compute of the current ones. (Prefetching a whole block at the
+/// start of its first kernel fills the core's miss buffers and stalls the FMAs behind them: the forward then
+/// ran compute and memory one after the other, not side by side.)
+template <class Scalar>
+struct LineStream {
+  static constexpr Index line = Index(64 / sizeof(Scalar));  // elements per cache line
+  const Scalar* col = nullptr;                               // column being fetched
+  Index ld = 0, len = 0, at = 0;                             // column stride and length, next element
+  Index left = 0, per_step = 0;                              // lines still to fetch, lines per step()
+
+  /// Columns [c0, c1) of x (stride ld, n elements each), spread over `steps` calls of step().
+  LineStream(const Scalar* x, Index ld_, Index n, Index c0, Index c1, Index steps)
+      : col(x + c0 * ld_), ld(ld_), len(n), left(c1 > c0 ? (c1 - c0) * ((n + line - 1) / line) : 0),
+        per_step(steps > 0 ? (left + steps - 1) / steps : left) {}
+
+  void step() {
+    for (Index k = 0; k < per_step && left > 0; ++k, --left) {
+      Eigen::internal::prefetch(col + at);
+      if ((at += line) >= len) {
+        at = 0;
+        col += ld;
+      }
+    }
+  }
+};
+
 /// out(a, b) = bias[a] + <w[a], x_b> for BA rows and BT tokens (x_b = x + b * ldx; out(a, b) = out[a + b * ldo]).
+/// With a stream, each packet step also fetches the stream's next lines.
 template <int BA, int BT, bool Prefetch, class Scalar>
 FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx, Index n,
-                      Scalar* out, Index ldo) {
+                             Scalar* out, Index ldo, LineStream<Scalar>* stream) {
   using namespace Eigen::internal;
   using P = Packet<Scalar>;
   constexpr Index L = lanes<Scalar>;
@@ -106,8 +164,8 @@ FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[
     for (int b = 0; b < BT; ++b) {
       xv[b] = ploadu<P>(x + b * ldx + i);
       in_register(xv[b]);
-      if constexpr (Prefetch) prefetch(x + (2 * BT + b) * ldx + i);  // two blocks of tokens ahead
     }
+    if constexpr (Prefetch) stream->step();
     FEDMOE_UNROLL
     for (int a = 0; a < BA; ++a) {
       P wv = ploadu<P>(w[a] + i);
@@ -128,9 +186,10 @@ FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[
 
 /// dx(i .. i + BI*L, b) = sum_{r, e} w_re(i ..) dl_r(e, b) for BT tokens, rows in order (router by router).
 /// Router r's weights for expert e start at p + r * stride + e * n; dl[r] points at its (experts x BT) block.
-template <int BI, int BT, class Scalar>
+/// Stream: the stores are streaming stores (dx aligned to the packet size, see stream_store).
+template <int BI, int BT, bool Stream, class Scalar>
 inline void axpy_block(const Scalar* p, Index routers, Index experts, Index stride, Index n,
-                       const Scalar* const* dl, Index i, Scalar* dx, Index lddx) {
+                       const Scalar* const* dl, Index i, Scalar* dx, Index lddx, LineStream<Scalar>& stream) {
   using namespace Eigen::internal;
   using P = Packet<Scalar>;
   constexpr Index L = lanes<Scalar>;
@@ -153,16 +212,23 @@ inline void axpy_block(const Scalar* p, Index routers, Index experts, Index stri
         for (int b = 0; b < BT; ++b) acc[q][b] = pmadd(wv, d[b], acc[q][b]);
       }
     }
+  stream.step();
   FEDMOE_UNROLL
   for (int q = 0; q < BI; ++q)
     FEDMOE_UNROLL
-    for (int b = 0; b < BT; ++b) pstoreu(dx + b * lddx + i + q * L, acc[q][b]);
+    for (int b = 0; b < BT; ++b) {
+      if constexpr (Stream)
+        stream_store(dx + b * lddx + i + q * L, acc[q][b]);
+      else
+        pstoreu(dx + b * lddx + i + q * L, acc[q][b]);
+    }
 }
 
 /// g[a](i .. i + BI*L) (+)= sum_{j in [j0, j1)} x_j(i ..) dl(a, j) for BA rows, tokens in order.
+/// With a stream, each token step also fetches the stream's next lines.
 template <int BA, int BI, class Scalar>
 inline void outer_block(Scalar* const (&g)[BA], const Scalar* dl, Index lddl, const Scalar* x, Index ldx, Index i,
-                        Index j0, Index j1, bool first, Index prefetch_ahead) {
+                        Index j0, Index j1, bool first, LineStream<Scalar>& stream) {
   using namespace Eigen::internal;
   using P = Packet<Scalar>;
   constexpr Index L = lanes<Scalar>;
@@ -175,9 +241,7 @@ inline void outer_block(Scalar* const (&g)[BA], const Scalar* dl, Index lddl, co
     P xv[BI];
     FEDMOE_UNROLL
     for (int q = 0; q < BI; ++q) xv[q] = ploadu<P>(x + j * ldx + i + q * L);
-    if (prefetch_ahead)  // the same lines of a later tile of tokens
-      FEDMOE_UNROLL
-      for (int q = 0; q < BI; ++q) prefetch(x + (j + prefetch_ahead) * ldx + i + q * L);
+    stream.step();
     FEDMOE_UNROLL
     for (int a = 0; a < BA; ++a) {
       const P d = pset1<P>(dl[a + j * lddl]);
@@ -225,6 +289,17 @@ struct LinearRouter {
     return static_cast<std::size_t>(x.size()) * sizeof(Scalar) > prefetch_bytes;
   }
 
+  /// dx larger than this (bytes) would not stay in cache for its consumer: the full packets of dx are
+  /// written with streaming stores (when its columns are aligned to the packet size).
+  static constexpr std::size_t stream_store_bytes = std::size_t(16) << 20;
+
+  static bool streams_out(const Matrix<Scalar>& dx) {
+    constexpr std::size_t align = sizeof(kernel::Packet<Scalar>);
+    return static_cast<std::size_t>(dx.size()) * sizeof(Scalar) > stream_store_bytes &&
+           reinterpret_cast<std::uintptr_t>(dx.data()) % align == 0 &&
+           static_cast<std::size_t>(dx.rows()) * sizeof(Scalar) % align == 0;
+  }
+
   /// Parameters of one router: width * experts weights, then experts biases.
   Index router_params() const { return width * experts + experts; }
   Index num_params() const { return routers * router_params(); }
@@ -270,14 +345,21 @@ struct LinearRouter {
     }
     const Scalar* dl[R];
     for (std::size_t r = 0; r < R; ++r) dl[r] = dlogits[r]->data();
-    const Index tile = tile_tokens();
+    // Tiles of tokens: dW, then dx. When x streams from memory, the dW kernels fetch the next tile's x,
+    // a line or two per token step, so that it arrives while this tile computes.
+    constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide;
+    const Index tile = tile_tokens(), pf = streams(x) ? 1 : 0;
+    const bool nt = dx && streams_out(*dx);
     for (Index j0 = 0; j0 < t; j0 += tile) {
       const Index j1 = std::min(t, j0 + tile);
+      const Index chunks = std::max<Index>(1, n / (NI * L));
+      const Index steps = (static_cast<Index>(R) * ((m + 3) / 4) * (j1 - j0) + (dx ? (j1 - j0 + NI - 1) / NI : 0)) * chunks;
+      kernel::LineStream<Scalar> stream(x.data(), ldx, n, j1, pf * std::min(t, j1 + tile), steps);
       for (std::size_t r = 0; r < R; ++r)
-        weight_gradient_tile(g + static_cast<Index>(r) * rp, dl[r], x.data(), ldx, j0, j1,
-                             r == 0 && streams(x) && j1 + tile <= t ? tile : 0);
-      if (dx) input_gradient_tile<R>(p, dl, *dx, j0, j1);
+        weight_gradient_tile(g + static_cast<Index>(r) * rp, dl[r], x.data(), ldx, j0, j1, stream);
+      if (dx) input_gradient_tile<R>(p, dl, *dx, j0, j1, nt, stream);
     }
+    if (nt) kernel::stream_fence();
   }
 
   /// PyTorch nn.Linear's default for the first router: U(-1/sqrt(width), 1/sqrt(width)) for weight
@@ -288,12 +370,18 @@ struct LinearRouter {
   }
 
 private:
-  /// logits[r](:, j .. j + BT) for every router r < R.
+  /// logits[r](:, j .. j + BT) for every router r < R. When x streams from memory, the kernels fetch
+  /// the block of tokens two blocks ahead, spread over all their packet steps.
   template <std::size_t R, int BT>
   void forward_tokens(const Scalar* p, const TokensRef<Scalar>& x, const std::array<Matrix<Scalar>*, R>& logits,
                       Index j) const {
-    const Index n = width, m = experts, ldx = x.outerStride();
+    constexpr Index L = kernel::lanes<Scalar>;
+    const Index n = width, m = experts, ldx = x.outerStride(), t = x.cols();
     const Scalar* xj = x.data() + j * ldx;
+    const bool pf = streams(x);
+    const Index ahead = j + 2 * BT, calls = static_cast<Index>(R) * ((m + 3) / 4);
+    kernel::LineStream<Scalar> stream(x.data(), ldx, n, pf ? std::min(ahead, t) : 0, pf ? std::min(ahead + BT, t) : 0,
+                                      calls * (n / L));
     for (std::size_t r = 0; r < R; ++r) {
       const Scalar* pr = p + static_cast<Index>(r) * router_params();
       Scalar* out = logits[r]->data() + j * m;
@@ -306,18 +394,18 @@ private:
             w[a] = pr + (a0 + a) * n;
             bias[a] = pr[n * m + a0 + a];
           }
-          if (r == 0 && a0 == 0 && streams(x))  // the first row block fetches later tokens ahead
-            kernel::dot_block<BA, BT, true>(w, bias, xj, ldx, n, out + a0, m);
+          if (stream.left > 0)
+            kernel::dot_block<BA, BT, true>(w, bias, xj, ldx, n, out + a0, m, &stream);
           else
-            kernel::dot_block<BA, BT, false>(w, bias, xj, ldx, n, out + a0, m);
+            kernel::dot_block<BA, BT, false>(w, bias, xj, ldx, n, out + a0, m, &stream);
         });
     }
   }
 
-  /// One router's dW(:, e) (+)= x_j dl(e, j) for the tokens of one tile (overwrites at the first tile).
-  /// The first row block prefetches x `ahead` tokens further (0: no prefetch).
+  /// One router's dW(:, e) (+)= x_j dl(e, j) for the tokens of one tile (overwrites at the first tile);
+  /// the kernels step `stream` (see backward).
   void weight_gradient_tile(Scalar* g, const Scalar* dl, const Scalar* x, Index ldx, Index j0, Index j1,
-                            Index ahead) const {
+                            kernel::LineStream<Scalar>& stream) const {
     constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide;
     const Index m = experts, n = width;
     const bool first = j0 == 0;
@@ -328,9 +416,8 @@ private:
         for (int a = 0; a < BA; ++a) ga[a] = g + (a0 + a) * n;
         const Scalar* dla = dl + a0;
         Index i = 0;
-        const Index pf = a0 == 0 ? ahead : 0;
-        for (; i + NI * L <= n; i += NI * L) kernel::outer_block<BA, NI>(ga, dla, m, x, ldx, i, j0, j1, first, pf);
-        for (; i + L <= n; i += L) kernel::outer_block<BA, 1>(ga, dla, m, x, ldx, i, j0, j1, first, pf);
+        for (; i + NI * L <= n; i += NI * L) kernel::outer_block<BA, NI>(ga, dla, m, x, ldx, i, j0, j1, first, stream);
+        for (; i + L <= n; i += L) kernel::outer_block<BA, 1>(ga, dla, m, x, ldx, i, j0, j1, first, stream);
         for (; i < n; ++i)
           FEDMOE_UNROLL
           for (int a = 0; a < BA; ++a) {
@@ -344,8 +431,8 @@ private:
 
   /// dx(:, j) = sum_{r < R, e} W_re dl_r(e, j) for the tokens of one tile.
   template <std::size_t R>
-  void input_gradient_tile(const Scalar* p, const Scalar* const (&dl)[R], Matrix<Scalar>& dx, Index j0,
-                           Index j1) const {
+  void input_gradient_tile(const Scalar* p, const Scalar* const (&dl)[R], Matrix<Scalar>& dx, Index j0, Index j1,
+                           bool nt, kernel::LineStream<Scalar>& stream) const {
     constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide, NT = kernel::wide;
     const Index m = experts, n = width, rp = router_params();
     const Index used = static_cast<Index>(R);
@@ -356,8 +443,13 @@ private:
         for (std::size_t r = 0; r < R; ++r) dlj[r] = dl[r] + j * m;
         Scalar* dxj = out + j * n;
         Index i = 0;
-        for (; i + NI * L <= n; i += NI * L) kernel::axpy_block<NI, BT>(p, used, m, rp, n, dlj, i, dxj, n);
-        for (; i + L <= n; i += L) kernel::axpy_block<1, BT>(p, used, m, rp, n, dlj, i, dxj, n);
+        for (; i + NI * L <= n; i += NI * L) {
+          if (nt)
+            kernel::axpy_block<NI, BT, true>(p, used, m, rp, n, dlj, i, dxj, n, stream);
+          else
+            kernel::axpy_block<NI, BT, false>(p, used, m, rp, n, dlj, i, dxj, n, stream);
+        }
+        for (; i + L <= n; i += L) kernel::axpy_block<1, BT, false>(p, used, m, rp, n, dlj, i, dxj, n, stream);
         for (; i < n; ++i)
           FEDMOE_UNROLL
           for (int b = 0; b < BT; ++b) {
