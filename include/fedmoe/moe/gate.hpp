@@ -220,19 +220,13 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
     lse[j] = m;
   }
   probs.array() = probs.array().exp();
-  constexpr Index chunk = 64;  // the logarithms of the sums run vectorised, a chunk of tokens at a time
-  Scalar sums[chunk];
-  for (Index j0 = 0; j0 < t; j0 += chunk) {
-    const Index c = std::min(chunk, t - j0);
-    for (Index j = j0; j < j0 + c; ++j) {
-      Scalar* p = probs.data() + j * e;
-      Scalar s = 0;
-      for (Index i = 0; i < e; ++i) s += p[i];
-      const Scalar inv = Scalar(1) / s;
-      for (Index i = 0; i < e; ++i) p[i] *= inv;
-      sums[j - j0] = s;
-    }
-    lse.segment(j0, c).array() += Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(sums, c).log();
+  for (Index j = 0; j < t; ++j) {
+    Scalar* p = probs.data() + j * e;
+    Scalar s = 0;
+    for (Index i = 0; i < e; ++i) s += p[i];
+    const Scalar inv = Scalar(1) / s;
+    for (Index i = 0; i < e; ++i) p[i] *= inv;
+    lse[j] += std::log(s);
   }
 }
 
