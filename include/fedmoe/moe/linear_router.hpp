@@ -153,8 +153,8 @@ struct LineStream {
 /// out(a, b) = bias[a] + <w[a], x_b> for BA rows and BT tokens (x_b = x + b * ldx; out(a, b) = out[a + b * ldo]).
 /// With a stream, each packet step also fetches the stream's next lines.
 template <int BA, int BT, bool Prefetch, class Scalar>
-FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx, Index n,
-                             Scalar* out, Index ldo, LineStream<Scalar>* stream) {
+FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[BA], const Scalar* x, Index ldx,
+                             Index n, Scalar* out, Index ldo, LineStream<Scalar>* stream) {
   using namespace Eigen::internal;
   using P = Packet<Scalar>;
   constexpr Index L = lanes<Scalar>;
@@ -357,15 +357,17 @@ struct LinearRouter {
     }
     const Scalar* dl[R];
     for (std::size_t r = 0; r < R; ++r) dl[r] = dlogits[r]->data();
-    // Tiles of tokens: dW, then dx. When x streams from memory, the dW kernels fetch the next tile's x,
-    // a line or two per token step, so that it arrives while this tile computes.
+    // Tiles of tokens: dW, then dx. When x streams from memory, the kernels of a tile fetch the next
+    // tile's x, a line or two per step (steps: about one per token and row block of dW, one per dx block),
+    // so that it arrives while this tile computes.
     constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide;
     const Index pf = streams(x) ? 1 : 0, tile = pf ? streaming_tile_tokens() : tile_tokens();
     const bool nt = dx && streams_out(*dx);
     for (Index j0 = 0; j0 < t; j0 += tile) {
       const Index j1 = std::min(t, j0 + tile);
       const Index chunks = std::max<Index>(1, n / (NI * L));
-      const Index steps = (static_cast<Index>(R) * ((m + 3) / 4) * (j1 - j0) + (dx ? (j1 - j0 + NI - 1) / NI : 0)) * chunks;
+      const Index blocks = static_cast<Index>(R) * ((m + 3) / 4) * (j1 - j0) + (dx ? (j1 - j0 + NI - 1) / NI : 0);
+      const Index steps = blocks * chunks;
       kernel::LineStream<Scalar> stream(x.data(), ldx, n, j1, pf * std::min(t, j1 + tile), steps);
       for (std::size_t r = 0; r < R; ++r)
         weight_gradient_tile(g + static_cast<Index>(r) * rp, dl[r], x.data(), ldx, j0, j1, stream);
