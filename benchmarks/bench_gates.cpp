@@ -7,13 +7,16 @@
 // memcpy/<MiB>MiB: bytes/s = read + written bytes (2 x the copied size), the machine's bandwidth.
 // fma_peak/float: the machine's single-core float FMA rate (counter flops), the compute roof; each
 // gate case reports the FLOP rate of its router products in the same counter.
+// stream_fma/<fma|read|both>/<MiB>MiB: how far the machine overlaps streaming tokens with FMAs (see there).
 //
 // Full sweep:  fedmoe_bench_gates
 // CI smoke:    fedmoe_bench_gates --benchmark_filter='(t16/e8/w64|memcpy/16MiB)' --benchmark_min_time=0.01
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include <fedmoe/moe/expert_choice_gate.hpp>
 #include <fedmoe/moe/noisy_top_k_gate.hpp>
@@ -300,6 +303,50 @@ void fma_peak(benchmark::State& st) {
                                             benchmark::Counter::kIsRate);
 }
 
+/// How far this machine overlaps streaming tokens from memory with FMAs, the two things a router kernel
+/// does at once. Per token (width 512, 2 KiB) and per packet of it: read the packet (fetching two tokens
+/// ahead, a line per step, as the router kernels do) and/or 16 packet FMAs on registers that take it as
+/// their addend (about what the read costs at copy speed). stream_fma/<fma|read|both>/<MiB>MiB; items =
+/// tokens. Full overlap: `both` per token = max(`fma`, `read`); none: their sum.
+template <int What>
+void stream_fma(benchmark::State& st, int mib) {
+  using namespace Eigen::internal;
+  using P = detail::kernel::Packet<float>;
+  constexpr Index L = detail::kernel::lanes<float>, width = 512;
+  const Index tokens = (Index(mib) << 20) / (width * Index(sizeof(float)));
+  const Matrix<float> x = Matrix<float>::Constant(width, tokens, 1e-6f);
+  constexpr int chains = 16;
+  const P b = pset1<P>(0.999999f);
+  for (auto _ : st) {  // the accumulators live inside the timed loop, so that they stay in registers
+    P acc[chains];
+    FEDMOE_UNROLL
+    for (int c = 0; c < chains; ++c) acc[c] = pset1<P>(1.0f + float(c) * 1e-3f);
+    for (Index j = 0; j < tokens; ++j) {
+      detail::kernel::LineStream<float> ahead(x.data(), width, width, std::min(j + 2, tokens),
+                                              std::min(j + 3, tokens), width / L);
+      const float* xj = x.data() + j * width;
+      for (Index i = 0; i < width; i += L) {
+        P xv = pset1<P>(1e-7f);
+        if constexpr ((What & 2) != 0) {
+          xv = ploadu<P>(xj + i);
+          detail::kernel::in_register(xv);
+          ahead.step();
+        }
+        if constexpr ((What & 1) != 0) {
+          FEDMOE_UNROLL
+          for (int c = 0; c < chains; ++c) acc[c] = pmadd(acc[c], b, xv);
+        } else {
+          acc[0] = padd(acc[0], xv);
+        }
+      }
+    }
+    FEDMOE_UNROLL
+    for (int c = 1; c < chains; ++c) acc[0] = padd(acc[0], acc[c]);
+    benchmark::DoNotOptimize(predux(acc[0]));
+  }
+  st.SetItemsProcessed(st.iterations() * tokens);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -309,5 +356,11 @@ int main(int argc, char** argv) {
   }
   bench::add_memcpy({16, 256});
   bench::add("fma_peak/float", fma_peak);
+  for (int mib : {1, 256}) {
+    const std::string size = std::to_string(mib) + "MiB";
+    bench::add("stream_fma/fma/" + size, [mib](benchmark::State& st) { stream_fma<1>(st, mib); });
+    bench::add("stream_fma/read/" + size, [mib](benchmark::State& st) { stream_fma<2>(st, mib); });
+    bench::add("stream_fma/both/" + size, [mib](benchmark::State& st) { stream_fma<3>(st, mib); });
+  }
   return bench::run(argc, argv);
 }
