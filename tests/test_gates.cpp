@@ -1,6 +1,9 @@
 // Mixture-of-experts gates and the mixture layer: routing semantics, auxiliary losses, errors,
 // and the central-difference gradient check with the selection held fixed.
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <numeric>
+#include <vector>
 
 #include <fedmoe/fedmoe.hpp>
 #include <fedmoe/moe/expert_choice_gate.hpp>
@@ -236,6 +239,59 @@ TEMPLATE_TEST_CASE("noisy top-k keeps the k largest values, is seeded and noise-
   const double mean = imp.template cast<double>().mean();
   const double var = (imp.template cast<double>().array() - mean).square().sum() / double(e - 1);
   CHECK(double(ta.aux.importance) == Approx(var / (mean * mean + 1e-10)).epsilon(1e-4));
+}
+
+TEMPLATE_TEST_CASE("noisy top-k selection is a stable descending sort of each token's values, ties to the lower expert",
+                   "[gates]", float, double) {
+  using S = TestType;
+  const Index t = 37;  // two full packets and a partial one on every SIMD target
+  for (Index e : {2, 3, 8, 17})
+    for (Index k : {Index(1), Index(2), e - 1, e}) {
+      if (k < 1 || k > e) continue;
+      CAPTURE(e, k);
+      NoisyTopKGate<S> gate(2, e, k);
+      Rng rng(static_cast<std::uint64_t>(31 * e + k));
+      // integer weights and tokens give integer clean logits, with many ties
+      for (Index i = 0; i < gate.num_params(); ++i) gate.parameters()[i] = S(int(rng() % 3) - 1);
+      Matrix<S> x(2, t);
+      for (Index i = 0; i < x.size(); ++i) x.data()[i] = S(int(rng() % 5) - 2);
+      const Index kk = std::min(k + 1, e);
+      auto check_token = [&](const Routing<S>& r, Index j, const std::vector<int>& ids) {
+        const Matrix<S>& h = gate.values();
+        double m = -1e300, s = 0;
+        for (Index q = 0; q < k; ++q) m = std::max(m, double(h(ids[q], j)));
+        for (Index q = 0; q < k; ++q) s += std::exp(double(h(ids[q], j)) - m);
+        for (Index q = 0; q < k; ++q) {
+          CHECK(r.indices(q, j) == ids[q]);
+          CHECK(double(r.weights(q, j)) == Approx(std::exp(double(h(ids[q], j)) - m) / s).epsilon(1e-5));
+        }
+      };
+      for (Mode mode : {Mode::eval, Mode::train}) {
+        Rng noise(1);
+        const Routing<S>& r = gate.forward(x, mode, noise);
+        REQUIRE(gate.order().rows() == kk);
+        REQUIRE(gate.order().cols() == t);
+        for (Index j = 0; j < t; ++j) {
+          std::vector<int> ids(static_cast<std::size_t>(e));
+          std::iota(ids.begin(), ids.end(), 0);
+          const Matrix<S>& h = gate.values();
+          std::stable_sort(ids.begin(), ids.end(), [&](int a, int b) { return h(a, j) > h(b, j); });
+          for (Index q = 0; q < kk; ++q) CHECK(gate.order()(q, j) == ids[q]);
+          check_token(r, j, ids);
+        }
+      }
+      // frozen: the same experts for other tokens, and the softmax over their (now unsorted) values
+      gate.freeze_selection(true);
+      const IndexMatrix frozen = gate.order();
+      const Matrix<S> x2 = random_batch<S>(2, t, 9);
+      const Routing<S>& r2 = gate.forward(x2);
+      CHECK(gate.order() == frozen);
+      for (Index j = 0; j < t; ++j) {
+        std::vector<int> ids(static_cast<std::size_t>(kk));
+        for (Index q = 0; q < kk; ++q) ids[q] = frozen(q, j);
+        check_token(r2, j, ids);
+      }
+    }
 }
 
 TEMPLATE_TEST_CASE("switch routing drops tokens beyond capacity in token order", "[gates]", float, double) {

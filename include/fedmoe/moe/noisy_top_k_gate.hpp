@@ -122,54 +122,7 @@ public:
     const Matrix<Scalar>& h = m_noisy_pass ? m_h : m_clean;
     detail::softmax_columns(m_clean, m_cprob, m_lse);  // for the z-loss and its gradient
     m_order.resize(kk, t);
-    m_importance.setZero(e);
-    for (Index j = 0; j < t; ++j) {
-      const Scalar* hc = h.data() + j * e;
-      std::int32_t* ord = m_order.data() + j * kk;
-      if (!reuse) {  // top-(k+1) selection: the first kk by insertion, then branch-free compare-exchange
-        Scalar top[max_selection];
-        std::int32_t at[max_selection];
-        for (Index i = 0; i < kk; ++i) {
-          Index pos = i;
-          while (pos > 0 && hc[i] > top[pos - 1]) {
-            top[pos] = top[pos - 1];
-            at[pos] = at[pos - 1];
-            --pos;
-          }
-          top[pos] = hc[i];
-          at[pos] = static_cast<std::int32_t>(i);
-        }
-        for (Index i = kk; i < e; ++i) {  // v sinks to its place; ties keep the lower expert first
-          Scalar v = hc[i];
-          std::int32_t a = static_cast<std::int32_t>(i);
-          for (Index q = 0; q < kk; ++q) {
-            const bool above = v > top[q];
-            const Scalar tv = top[q];
-            const std::int32_t ta = at[q];
-            top[q] = above ? v : tv;
-            at[q] = above ? a : ta;
-            v = above ? tv : v;
-            a = above ? ta : a;
-          }
-        }
-        for (Index i = 0; i < kk; ++i) ord[i] = at[i];
-      }
-      // softmax over the k selected values (ord[0] is the largest unless the selection is frozen)
-      Scalar m = hc[ord[0]];
-      for (Index i = 1; i < k; ++i) m = std::max(m, hc[ord[i]]);
-      Scalar s = 0;
-      for (Index i = 0; i < k; ++i) {
-        const Scalar w = std::exp(hc[ord[i]] - m);
-        r.weights(i, j) = w;
-        s += w;
-      }
-      const Scalar inv = Scalar(1) / s;
-      for (Index i = 0; i < k; ++i) {
-        r.weights(i, j) *= inv;
-        r.indices(i, j) = ord[i];
-        m_importance[ord[i]] += r.weights(i, j);
-      }
-    }
+    select(h, reuse);
     m_smooth_load = m_noisy_pass && k < e;
     if (m_smooth_load) {
       // z = (c - threshold) / s with the threshold of each (expert, token); load = sum_t Phi(z)
@@ -268,12 +221,84 @@ public:
   const Matrix<Scalar>& clean_logits() const { return m_clean; }
 
 private:
+  /// The top-(k+1) selection of each column of h (unless `reuse`: the frozen m_order), the softmax over
+  /// the k selected values, and the importance. Vectorised across tokens, a packet of tokens at a time
+  /// (one expert's values gathered across the packet's tokens): each expert is inserted into the sorted
+  /// kept values by selects, where a per-token loop ran unpredictable branches (as costly as the rest of
+  /// the forward's elementwise work). The last partial packet runs padded, so a token's results do not
+  /// depend on the batch. Expert ids travel as Scalar lanes (exact: experts < 2^24).
+  void select(const Matrix<Scalar>& h, bool reuse) {
+    using namespace Eigen::internal;
+    using P = detail::kernel::Packet<Scalar>;
+    constexpr Index L = detail::kernel::lanes<Scalar>;
+    auto& r = this->m_routing;
+    const Index e = this->experts(), t = h.cols(), k = this->k(), kk = m_order.rows();
+    m_pad.resize(e * L);
+    P top[max_selection], at[max_selection];
+    Scalar lane[max_selection][L];
+    for (Index j = 0; j < t; j += L) {
+      const Index n = std::min(L, t - j);
+      const Scalar* hb = h.data() + j * e;
+      if (n < L) {  // the last partial packet of tokens, padded with zeros
+        m_pad.setZero();
+        std::copy(hb, hb + n * e, m_pad.data());
+        hb = m_pad.data();
+      }
+      if (!reuse) {  // insertion of expert i below the kept values >= its own (so ties keep the lower expert first)
+        for (Index i = 0; i < e; ++i) {
+          const P v = pgather<Scalar, P>(hb + i, e), a = pset1<P>(static_cast<Scalar>(i));
+          P in = pset1<P>(Scalar(0)), up = v, up_at = a;  // in: i goes at or above slot q; up: what enters slot q
+          for (Index q = 0; q < std::min(i, kk); ++q) {
+            const P old = top[q], old_at = at[q];
+            in = por(in, pcmp_lt(old, v));
+            top[q] = pselect(in, up, old);
+            at[q] = pselect(in, up_at, old_at);
+            up = pselect(in, old, v);
+            up_at = pselect(in, old_at, a);
+          }
+          if (i < kk) {
+            top[i] = up;
+            at[i] = up_at;
+          }
+        }
+        for (Index q = 0; q < kk; ++q) {
+          pstoreu(lane[q], at[q]);
+          for (Index b = 0; b < n; ++b) m_order(q, j + b) = static_cast<std::int32_t>(lane[q][b]);
+        }
+      } else {  // the frozen selection's values (padded lanes: expert 0)
+        for (Index q = 0; q < k; ++q) {
+          for (Index b = 0; b < L; ++b) lane[q][b] = hb[b * e + (b < n ? m_order(q, j + b) : 0)];
+          top[q] = ploadu<P>(lane[q]);
+        }
+      }
+      // softmax over the k selected values (top[0] is the largest unless the selection is frozen)
+      P m = top[0];
+      for (Index q = 1; q < k; ++q) m = pmax(m, top[q]);
+      P s = pset1<P>(Scalar(0));
+      for (Index q = 0; q < k; ++q) {
+        top[q] = pexp(psub(top[q], m));
+        s = padd(s, top[q]);
+      }
+      const P inv = pdiv(pset1<P>(Scalar(1)), s);
+      for (Index q = 0; q < k; ++q) {
+        pstoreu(lane[q], pmul(top[q], inv));
+        for (Index b = 0; b < n; ++b) {
+          r.weights(q, j + b) = lane[q][b];
+          r.indices(q, j + b) = m_order(q, j + b);
+        }
+      }
+    }
+    m_importance.setZero(e);  // in token order
+    for (Index j = 0; j < t; ++j)
+      for (Index q = 0; q < k; ++q) m_importance[r.indices(q, j)] += r.weights(q, j);
+  }
+
   bool m_noisy;
   bool m_noisy_pass = false, m_smooth_load = false;
   Matrix<Scalar> m_clean, m_nlog, m_eps, m_std, m_h, m_z, m_phi, m_cprob;
   Matrix<Scalar> m_dh, m_dclean, m_c, m_dn;
   IndexMatrix m_order;
-  Vector<Scalar> m_lse, m_importance, m_load, m_gimp, m_gload;
+  Vector<Scalar> m_lse, m_importance, m_load, m_gimp, m_gload, m_pad;
 };
 
 }  // namespace fedmoe
