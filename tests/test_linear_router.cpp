@@ -95,32 +95,46 @@ TEST_CASE("LinearRouter computes only the routers given and zeroes the other rou
 TEST_CASE("LinearRouter: the streaming paths for large batches give the bits of the cached ones", "[router]") {
   // Large enough that x is prefetched from memory and dx is written with streaming stores; a token's
   // logits and input gradient must still be bitwise those of a small batch, and dW the plain product.
-  const Index width = 512, experts = 8, tokens = 8256;
-  const detail::LinearRouter<float> router{width, experts, 2};
-  const Vector<float> p = random_batch<float>(router.num_params(), 1, 13);
-  const Matrix<float> x = random_batch<float>(width, tokens, 14);
-  const Matrix<float> dl0 = random_batch<float>(experts, tokens, 15), dl1 = random_batch<float>(experts, tokens, 16);
-  Matrix<float> l0, l1, dx;
-  Vector<float> g(router.num_params());
-  router.forward<2>(p.data(), x, {&l0, &l1});
-  router.backward<2>(p.data(), x, {&dl0, &dl1}, g.data(), &dx);
-  REQUIRE(router.streams(x));
-  REQUIRE(router.streams_out(dx));
-  for (Index j0 : {Index(0), Index(4001), tokens - 7}) {
-    CAPTURE(j0);
-    const Matrix<float> xs = x.middleCols(j0, 7), d0 = dl0.middleCols(j0, 7), d1 = dl1.middleCols(j0, 7);
-    Matrix<float> s0, s1, sdx;
-    Vector<float> sg(router.num_params());
-    router.forward<2>(p.data(), xs, {&s0, &s1});
-    router.backward<2>(p.data(), xs, {&d0, &d1}, sg.data(), &sdx);
-    CHECK(s0 == l0.middleCols(j0, 7));
-    CHECK(s1 == l1.middleCols(j0, 7));
-    CHECK(sdx == dx.middleCols(j0, 7));
-  }
-  const Index rp = router.router_params();
-  for (Index r : {0, 1}) {
-    const Matrix<float>& d = r == 0 ? dl0 : dl1;
-    const Matrix<float> gw = x * d.transpose();
-    CHECK(rel_error<float>(ConstMatrixMap<float>(g.data() + r * rp, width, experts), gw) < 1e-5);
+  // Both configurations run the tiled forward (weights over 16 KiB); the second splits each router into
+  // groups of rows, has a row block of 2, a width with a scalar tail and a last tile with 3 tokens.
+  struct Config {
+    Index width, experts, tokens;
+  };
+  for (const Config c : {Config{512, 8, 8256}, Config{1040, 6, 4103}}) {
+    CAPTURE(c.width, c.experts, c.tokens);
+    const detail::LinearRouter<float> router{c.width, c.experts, 2};
+    const Vector<float> p = random_batch<float>(router.num_params(), 1, 13);
+    const Matrix<float> x = random_batch<float>(c.width, c.tokens, 14);
+    const Matrix<float> dl0 = random_batch<float>(c.experts, c.tokens, 15);
+    const Matrix<float> dl1 = random_batch<float>(c.experts, c.tokens, 16);
+    Matrix<float> l0, l1, dx;
+    Vector<float> g(router.num_params());
+    router.forward<2>(p.data(), x, {&l0, &l1});
+    router.backward<2>(p.data(), x, {&dl0, &dl1}, g.data(), &dx);
+    REQUIRE(router.streams(x));
+    REQUIRE(router.tiles(x, 2));
+    REQUIRE(router.streams_out(dx));
+    for (Index j0 : {Index(0), Index(4001), c.tokens - 7}) {
+      CAPTURE(j0);
+      const Matrix<float> xs = x.middleCols(j0, 7), d0 = dl0.middleCols(j0, 7), d1 = dl1.middleCols(j0, 7);
+      Matrix<float> s0, s1, sdx;
+      Vector<float> sg(router.num_params());
+      router.forward<2>(p.data(), xs, {&s0, &s1});
+      router.backward<2>(p.data(), xs, {&d0, &d1}, sg.data(), &sdx);
+      CHECK(s0 == l0.middleCols(j0, 7));
+      CHECK(s1 == l1.middleCols(j0, 7));
+      CHECK(sdx == dx.middleCols(j0, 7));
+    }
+    const Index rp = router.router_params();
+    for (Index r : {0, 1}) {
+      const Matrix<float>& d = r == 0 ? dl0 : dl1;
+      const Matrix<float> gw = x * d.transpose();
+      CHECK(rel_error<float>(ConstMatrixMap<float>(g.data() + r * rp, c.width, c.experts), gw) < 1e-5);
+    }
+    // the first router alone gives the same bits (untiled in the first configuration: 16 KiB of weights)
+    Matrix<float> one;
+    router.forward(p.data(), x, one);
+    CHECK(router.tiles(x, 1) == (c.width == 1040));
+    CHECK(one == l0);
   }
 }

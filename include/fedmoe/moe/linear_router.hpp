@@ -24,7 +24,10 @@
 /// **Large batches** (tokens over 1 MiB, which come from memory rather than cache): the kernels prefetch
 /// the tokens ahead a line or two per step, spread over their compute (the forward two blocks of tokens
 /// ahead, the backward the next tile, whose tiles shrink to ~32 KiB), and a dx over 16 MiB is written
-/// with streaming stores. None of this changes a bit of the results (tested).
+/// with streaming stores. When the routers' weights exceed 16 KiB (two routers at K = 8), the forward
+/// instead runs tiles of ~256 KiB of tokens (they stay in L2) one group of rows with at most 16 KiB of
+/// weights at a time, fetching the next tile, and the backward keeps its ~256 KiB tiles (see tiles()).
+/// None of this changes a bit of the results (tested).
 ///
 /// **Determinism.** Every output is one sum in a fixed order: logits(a, j) over the width (packet lanes,
 /// then Eigen's fixed reduction tree, then the scalar tail), dW(i, a) over the tokens in token order,
@@ -292,8 +295,9 @@ struct LinearRouter {
     const Index fit = (Index(256) << 10) / (std::max<Index>(width, 1) * Index(sizeof(Scalar)));
     return std::clamp<Index>(fit, 16, 128);
   }
-  /// When x streams from memory: tiles of about 32 KiB (at least 4 tokens), whose x stays in L1 across
-  /// the row blocks (measured 5-10 % faster at 65536 tokens; slower when x is in cache).
+  /// When x streams from memory (and the weights fit group_bytes): tiles of about 32 KiB (at least 4
+  /// tokens), whose x stays in L1 across the row blocks (measured 5-10 % faster at 65536 tokens; slower
+  /// when x is in cache).
   Index streaming_tile_tokens() const {
     const Index fit = (Index(32) << 10) / (std::max<Index>(width, 1) * Index(sizeof(Scalar)));
     return std::clamp<Index>(fit, 4, 128);
@@ -316,6 +320,17 @@ struct LinearRouter {
            static_cast<std::size_t>(dx.rows()) * sizeof(Scalar) % align == 0;
   }
 
+  /// Router weights (bytes) that one pass over streamed tokens keeps in L1 beside them.
+  static constexpr std::size_t group_bytes = std::size_t(16) << 10;
+
+  /// Whether x streams from memory and the weights of `used` routers exceed group_bytes: then the forward
+  /// runs tiles of tile_tokens() tokens group of rows by group of rows (see forward_tiles), and the backward
+  /// keeps its tiles of tile_tokens() (measured 10 % faster than its ~32 KiB tiles for two routers at K = 8,
+  /// slower for one).
+  bool tiles(const TokensRef<Scalar>& x, std::size_t used) const {
+    return streams(x) && used * static_cast<std::size_t>(experts * width) * sizeof(Scalar) > group_bytes;
+  }
+
   /// Parameters of one router: width * experts weights, then experts biases.
   Index router_params() const { return width * experts + experts; }
   Index num_params() const { return routers * router_params(); }
@@ -330,8 +345,12 @@ struct LinearRouter {
   void forward(const Scalar* p, const TokensRef<Scalar>& x, const std::array<Matrix<Scalar>*, R>& logits) const {
     const Index t = x.cols();
     for (std::size_t r = 0; r < R; ++r) logits[r]->resize(experts, t);
-    // Tokens outer, rows inner: a block of tokens is read from memory once and stays in L1 for every row.
     constexpr Index NT = kernel::wide;
+    if (tiles(x, R)) {
+      forward_tiles<R>(p, x, logits);
+      return;
+    }
+    // Tokens outer, rows inner: a block of tokens is read from memory once and stays in L1 for every row.
     Index j = 0;
     for (; j + NT <= t; j += NT) forward_tokens<R, NT>(p, x, logits, j);
     if (j < t) kernel::with_block(t - j, [&]<int BT>() { forward_tokens<R, BT>(p, x, logits, j); });
@@ -365,7 +384,7 @@ struct LinearRouter {
     // tile's x, a line or two per step (steps: about one per token and row block of dW, one per dx block),
     // so that it arrives while this tile computes.
     constexpr Index L = kernel::lanes<Scalar>, NI = kernel::wide;
-    const Index pf = streams(x) ? 1 : 0, tile = pf ? streaming_tile_tokens() : tile_tokens();
+    const Index pf = streams(x) ? 1 : 0, tile = pf && !tiles(x, R) ? streaming_tile_tokens() : tile_tokens();
     const bool nt = dx && streams_out(*dx);
     for (Index j0 = 0; j0 < t; j0 += tile) {
       const Index j1 = std::min(t, j0 + tile);
@@ -395,29 +414,64 @@ private:
                       Index j) const {
     constexpr Index L = kernel::lanes<Scalar>;
     const Index n = width, m = experts, ldx = x.outerStride(), t = x.cols();
-    const Scalar* xj = x.data() + j * ldx;
     const bool pf = streams(x);
     const Index ahead = j + 2 * BT, calls = static_cast<Index>(R) * ((m + 3) / 4);
     kernel::LineStream<Scalar> stream(x.data(), ldx, n, pf ? std::min(ahead, t) : 0, pf ? std::min(ahead + BT, t) : 0,
                                       calls * (n / L));
-    for (std::size_t r = 0; r < R; ++r) {
-      const Scalar* pr = p + static_cast<Index>(r) * router_params();
-      Scalar* out = logits[r]->data() + j * m;
-      for (Index a0 = 0; a0 < m; a0 += 4)
-        kernel::with_block(std::min<Index>(4, m - a0), [&]<int BA>() {
-          const Scalar* w[BA];
-          Scalar bias[BA];
-          FEDMOE_UNROLL
-          for (int a = 0; a < BA; ++a) {
-            w[a] = pr + (a0 + a) * n;
-            bias[a] = pr[n * m + a0 + a];
-          }
-          if (stream.left > 0)
-            kernel::dot_block<BA, BT, true>(w, bias, xj, ldx, n, out + a0, m, &stream);
-          else
-            kernel::dot_block<BA, BT, false>(w, bias, xj, ldx, n, out + a0, m, &stream);
-        });
+    for (std::size_t r = 0; r < R; ++r) forward_rows<BT>(p, x, *logits[r], static_cast<Index>(r), 0, m, j, stream);
+  }
+
+  /// Streamed tokens whose routers' weights exceed group_bytes: tiles of tile_tokens() tokens (~256 KiB,
+  /// they stay in L2), and within a tile, groups of rows with at most group_bytes of weights, each over
+  /// all the tile's tokens, while the kernels fetch the next tile, spread over all their packet steps.
+  /// (With every row per block of tokens, 32 KiB of weights and the arriving tokens overflowed L1 and
+  /// the reads from memory stopped overlapping the FMAs: the noisy gate's two routers at K = 8.)
+  template <std::size_t R>
+  void forward_tiles(const Scalar* p, const TokensRef<Scalar>& x, const std::array<Matrix<Scalar>*, R>& logits) const {
+    constexpr Index L = kernel::lanes<Scalar>, NT = kernel::wide;
+    const Index n = width, m = experts, ldx = x.outerStride(), t = x.cols();
+    const Index tile = std::max<Index>(NT, tile_tokens() / NT * NT);
+    const Index fit = static_cast<Index>(group_bytes / (static_cast<std::size_t>(n) * sizeof(Scalar)));
+    const Index group = std::max<Index>(4, fit / 4 * 4);  // rows per group, whole row blocks
+    for (Index j0 = 0; j0 < t; j0 += tile) {
+      const Index j1 = std::min(t, j0 + tile);
+      const Index steps = static_cast<Index>(R) * ((m + 3) / 4) * ((j1 - j0 + NT - 1) / NT) * (n / L);
+      kernel::LineStream<Scalar> stream(x.data(), ldx, n, j1, std::min(t, j1 + tile), steps);
+      for (std::size_t r = 0; r < R; ++r)
+        for (Index a0 = 0; a0 < m; a0 += group) {
+          const Index a1 = std::min(m, a0 + group);
+          Index j = j0;
+          for (; j + NT <= j1; j += NT) forward_rows<NT>(p, x, *logits[r], static_cast<Index>(r), a0, a1, j, stream);
+          if (j < j1)
+            kernel::with_block(j1 - j, [&]<int BT>() {
+              forward_rows<BT>(p, x, *logits[r], static_cast<Index>(r), a0, a1, j, stream);
+            });
+        }
     }
+  }
+
+  /// Rows [a0, a1) of router r's logits for tokens j .. j + BT; the kernels step `stream` while it has lines.
+  template <int BT>
+  void forward_rows(const Scalar* p, const TokensRef<Scalar>& x, Matrix<Scalar>& logits, Index r, Index a0, Index a1,
+                    Index j, kernel::LineStream<Scalar>& stream) const {
+    const Index n = width, m = experts, ldx = x.outerStride();
+    const Scalar* pr = p + r * router_params();
+    const Scalar* xj = x.data() + j * ldx;
+    Scalar* out = logits.data() + j * m;
+    for (Index b0 = a0; b0 < a1; b0 += 4)
+      kernel::with_block(std::min<Index>(4, a1 - b0), [&]<int BA>() {
+        const Scalar* w[BA];
+        Scalar bias[BA];
+        FEDMOE_UNROLL
+        for (int a = 0; a < BA; ++a) {
+          w[a] = pr + (b0 + a) * n;
+          bias[a] = pr[n * m + b0 + a];
+        }
+        if (stream.left > 0)
+          kernel::dot_block<BA, BT, true>(w, bias, xj, ldx, n, out + b0, m, &stream);
+        else
+          kernel::dot_block<BA, BT, false>(w, bias, xj, ldx, n, out + b0, m, &stream);
+      });
   }
 
   /// One router's dW(:, e) (+)= x_j dl(e, j) for the tokens of one tile (overwrites at the first tile);
