@@ -423,6 +423,9 @@ TEST_CASE("the mixture layer combines only the selected experts", "[gates][moe]"
 TEST_CASE("bad gate configurations and shapes raise clear errors", "[gates]") {
   CHECK_THROWS_WITH(NoisyTopKGate<float>(4, 3, 4), Catch::Contains("expected 1 <= k <= experts (3), got k = 4"));
   CHECK_THROWS_WITH(NoisyTopKGate<float>(4, 3, 0), Catch::Contains("got k = 0"));
+  // expert ids travel as float lanes in the selection: exact up to 2^24 (checked before any allocation)
+  CHECK_THROWS_WITH(NoisyTopKGate<float>(4, (Index(1) << 24) + 1, 1),
+                    Catch::Contains("expected experts <= 16777216, got 16777217"));
   CHECK_THROWS_WITH(SwitchGate<float>(4, 3, 0.0), Catch::Contains("capacity factor > 0, got 0"));
   CHECK_THROWS_WITH(Top2Gate<float>(4, 1), Catch::Contains("expected experts >= 2"));
   CHECK_THROWS_WITH(ExpertChoiceGate<float>(4, 3, -1.0), Catch::Contains("capacity factor > 0, got -1"));

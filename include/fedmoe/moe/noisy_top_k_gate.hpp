@@ -20,6 +20,7 @@
 /// cv2 is the squared coefficient of variation with the unbiased variance (detail::cv_squared).
 /// Gradients flow through the selected values, the threshold values and the noise scale, the
 /// selection itself is held fixed (see gate.hpp). Parameters: [W_g^T, b_g, W_n^T, b_n].
+#include <limits>
 #include <type_traits>
 
 #include <unsupported/Eigen/SpecialFunctions>  // Eigen's vectorised erf (the normal CDF of the load loss)
@@ -87,13 +88,15 @@ public:
 
   /// Two routers of the same shape, run together: the gate router, then the noise router.
   NoisyTopKGate(Index width, Index experts, Index k, bool noisy = true)
-      : detail::LinearGate<Scalar>("NoisyTopKGate", width, experts, k, 2), m_noisy(noisy) {
+      : detail::LinearGate<Scalar>("NoisyTopKGate", width, checked_experts(experts), k, 2), m_noisy(noisy) {
     FEDMOE_CHECK(k >= 1 && k <= experts, "NoisyTopKGate: expected 1 <= k <= experts (", experts, "), got k = ", k);
     FEDMOE_CHECK(k < max_selection, "NoisyTopKGate: expected k <= ", max_selection - 1, ", got k = ", k);
   }
 
   /// Largest k + 1 the fused selection keeps (k <= 31).
   static constexpr Index max_selection = 32;
+  /// Most experts: the selection carries expert ids as Scalar lanes, exact up to 2^digits.
+  static constexpr Index max_experts = Index(1) << std::numeric_limits<Scalar>::digits;
 
   Index k() const { return this->slots(); }
   /// W_g, b_g like nn.Linear; W_n, b_n zero (noise scale softplus(0) = log 2 at the start).
@@ -221,12 +224,18 @@ public:
   const Matrix<Scalar>& clean_logits() const { return m_clean; }
 
 private:
+  /// experts, checked against max_experts before the base class allocates the parameters.
+  static Index checked_experts(Index experts) {
+    FEDMOE_CHECK(experts <= max_experts, "NoisyTopKGate: expected experts <= ", max_experts, ", got ", experts);
+    return experts;
+  }
+
   /// The top-(k+1) selection of each column of h (unless `reuse`: the frozen m_order), the softmax over
   /// the k selected values, and the importance. Vectorised across tokens, a packet of tokens at a time
   /// (one expert's values gathered across the packet's tokens): each expert is inserted into the sorted
   /// kept values by selects, where a per-token loop ran unpredictable branches (as costly as the rest of
   /// the forward's elementwise work). The last partial packet runs padded, so a token's results do not
-  /// depend on the batch. Expert ids travel as Scalar lanes (exact: experts < 2^24).
+  /// depend on the batch. Expert ids travel as Scalar lanes (exact: experts <= max_experts).
   void select(const Matrix<Scalar>& h, bool reuse) {
     using namespace Eigen::internal;
     using P = detail::kernel::Packet<Scalar>;
