@@ -96,7 +96,7 @@ TEST_CASE("LinearRouter: the streaming paths for large batches give the bits of 
   // Large enough that x is prefetched from memory and dx is written with streaming stores; a token's
   // logits and input gradient must still be bitwise those of a small batch, and dW the plain product.
   // Both configurations run the tiled forward (weights over 16 KiB); the second splits each router into
-  // groups of rows, has a row block of 2, a width with a scalar tail and a last tile with 3 tokens.
+  // groups of rows, has a row block of 2, a width with a scalar tail and a last tile ending in a 3-token block.
   struct Config {
     Index width, experts, tokens;
   };
