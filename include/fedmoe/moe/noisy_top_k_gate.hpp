@@ -35,9 +35,12 @@ namespace detail {
 /// with the uniforms u_i in (0, 1) drawn first, in order, from rng. A float takes 24 bits (two per 64-bit
 /// output; |eps| <= 5.4), a double 53 bits (one per output). erfinv is M. Giles' single-precision
 /// approximation ("Approximating the erfinv function", GPU Computing Gems, 2011; relative error < 1e-6),
-/// evaluated branch-free over Eigen packets: both polynomials, then a select. (An Eigen array expression
-/// with .select() is not vectorised in Eigen 3.4 and re-evaluated the square root per use: 4x slower.)
-/// The last partial packet is padded and goes through the same code, so a draw does not depend on n.
+/// evaluated over Eigen packets: the central polynomial, and the tail polynomial (w >= 5, |eps| > 2.9,
+/// 0.34 % of draws) only for the packets with a lane in the tail, selected per lane (a packet's lanes get
+/// the same bits either way; skipping the square root and the second polynomial saves 12 % of the draws'
+/// time at 16 lanes). (An Eigen array expression with .select() is not vectorised in Eigen 3.4 and
+/// re-evaluated the square root per use: 4x slower.) The last partial packet is padded and goes through the
+/// same code, so a draw does not depend on n.
 template <class Scalar>
 void standard_normals(Rng& rng, Scalar* out, Index n) {
   for (Index i = 0; i < n; ++i) {
@@ -57,16 +60,20 @@ void standard_normals(Rng& rng, Scalar* out, Index n) {
     const P x = psub(pmul(c(2), u), c(1));
     const P w = pnegate(plog(pmul(pmul(c(4), u), psub(c(1), u))));  // -log(1 - x^2)
     P a = psub(w, c(Scalar(2.5)));
-    P central = c(Scalar(2.81022636e-08));
+    P r = c(Scalar(2.81022636e-08));
     for (Scalar k : {Scalar(3.43273939e-07), Scalar(-3.5233877e-06), Scalar(-4.39150654e-06), Scalar(0.00021858087),
                      Scalar(-0.00125372503), Scalar(-0.00417768164), Scalar(0.246640727), Scalar(1.50140941)})
-      central = pmadd(central, a, c(k));
-    a = psub(psqrt(w), c(3));
-    P tail = c(Scalar(-0.000200214257));
-    for (Scalar k : {Scalar(0.000100950558), Scalar(0.00134934322), Scalar(-0.00367342844), Scalar(0.00573950773),
-                     Scalar(-0.0076224613), Scalar(0.00943887047), Scalar(1.00167406), Scalar(2.83297682)})
-      tail = pmadd(tail, a, c(k));
-    return pmul(pmul(c(Scalar(1.41421356237309504880)), pselect(pcmp_lt(w, c(5)), central, tail)), x);
+      r = pmadd(r, a, c(k));
+    const P tail_lanes = pcmp_le(c(5), w);
+    if (predux_any(tail_lanes)) {
+      a = psub(psqrt(w), c(3));
+      P tail = c(Scalar(-0.000200214257));
+      for (Scalar k : {Scalar(0.000100950558), Scalar(0.00134934322), Scalar(-0.00367342844), Scalar(0.00573950773),
+                       Scalar(-0.0076224613), Scalar(0.00943887047), Scalar(1.00167406), Scalar(2.83297682)})
+        tail = pmadd(tail, a, c(k));
+      r = pselect(tail_lanes, tail, r);
+    }
+    return pmul(pmul(c(Scalar(1.41421356237309504880)), r), x);
   };
   Index i = 0;
   for (; i + L <= n; i += L) pstoreu(out + i, normal(ploadu<P>(out + i)));
