@@ -2,7 +2,10 @@
 // and the central-difference gradient check with the selection held fixed.
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <numeric>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <fedmoe/fedmoe.hpp>
@@ -448,6 +451,47 @@ TEST_CASE("bad gate configurations and shapes raise clear errors", "[gates]") {
   CHECK_THROWS_WITH(MoeLayer(SoftmaxGate<float>(4, 2), E(Shape{4, 1, 1}, Dense<float>(2)),
                              E(Shape{5, 1, 1}, Dense<float>(2))),
                     Catch::Contains("expected expert 1 to take 4 inputs") && Catch::Contains("got 5"));
+}
+
+TEMPLATE_TEST_CASE("softmax_columns matches a double softmax and a column's result does not depend on the batch",
+                   "[gates]", float, double) {
+  using S = TestType;
+  const double tol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
+  // 8, 16, 24, 64: the transposed path where packets of >= 8 lanes divide the experts (AVX, AVX-512);
+  // 2, 3, 4, 65 (and all of them in SSE builds): the per-column path.
+  for (Index e : {2, 3, 4, 8, 16, 24, 64, 65}) {
+    CAPTURE(e);
+    const Index t = 37;  // partial groups of tokens and a partial last packet for every packet width
+    const Matrix<S> logits = S(4) * random_matrix<S>(e, t, 11 + std::uint64_t(e));
+    Matrix<S> p;
+    Vector<S> lse;
+    detail::softmax_columns(logits, p, lse);
+    REQUIRE(p.rows() == e);
+    REQUIRE(p.cols() == t);
+    REQUIRE(lse.size() == t);
+    double worst_p = 0, worst_lse = 0;
+    for (Index j = 0; j < t; ++j) {
+      const double m = logits.col(j).template cast<double>().maxCoeff();
+      double sum = 0;
+      for (Index i = 0; i < e; ++i) sum += std::exp(double(logits(i, j)) - m);
+      for (Index i = 0; i < e; ++i)
+        worst_p = std::max(worst_p, std::abs(std::exp(double(logits(i, j)) - m) / sum - double(p(i, j))));
+      const double l = m + std::log(sum);
+      worst_lse = std::max(worst_lse, std::abs(l - double(lse[j])) / std::max(1.0, std::abs(l)));
+    }
+    CHECK(worst_p < tol);
+    CHECK(worst_lse < tol);
+    // Every slice of columns gets bitwise the big batch's values: before, the exponentials after the
+    // matrix's last full packet went through std::exp instead of the packet exp.
+    for (auto [j0, n] : {std::pair<Index, Index>{0, 1}, {3, 5}, {8, 9}, {16, 17}, {29, 8}, {36, 1}}) {
+      CAPTURE(j0, n);
+      Matrix<S> ps;
+      Vector<S> ls;
+      detail::softmax_columns(Matrix<S>(logits.middleCols(j0, n)), ps, ls);
+      CHECK(ps == p.middleCols(j0, n));
+      CHECK(ls == lse.segment(j0, n));
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("standard_normals inverts the normal CDF of seeded uniforms", "[gates]", float, double) {

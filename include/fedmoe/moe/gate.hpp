@@ -204,13 +204,113 @@ void cv_squared_gradient(const Vector<Scalar>& v, Vector<Scalar>& grad) {
   }
 }
 
-/// Column softmax of logits into probs; lse[t] = log-sum-exp of column t. The exponentials run
-/// vectorised over the whole matrix (a column holds only `experts` values, too few for a packet).
+/// p[i] = exp(p[i]) for i < n over packets, the last partial packet padded: unlike an Eigen array expression
+/// (std::exp for the elements after the last full packet), every element gets the packet function, so a
+/// column's values do not depend on where the matrix ends.
+template <class Scalar>
+void exp_in_place(Scalar* p, Index n) {
+  using namespace Eigen::internal;
+  using P = kernel::Packet<Scalar>;
+  constexpr Index L = kernel::lanes<Scalar>;
+  Index i = 0;
+  for (; i + L <= n; i += L) pstoreu(p + i, pexp(ploadu<P>(p + i)));
+  if (i < n) {
+    Scalar buf[L] = {};
+    std::copy(p + i, p + n, buf);
+    pstoreu(buf, pexp(ploadu<P>(buf)));
+    std::copy(buf, buf + (n - i), p + i);
+  }
+}
+
+/// Most experts whose per-token softmax runs transposed, one packet per expert (kept on the stack).
+inline constexpr Index max_packet_experts = 64;
+
+/// softmax_columns for q = Q's lanes dividing experts (<= max_packet_experts): q tokens at a time, transposed,
+/// two groups of q tokens per step (their dependency chains, exp -> sum -> log and divide -> normalise,
+/// then overlap).
+template <class Q, class Scalar>
+void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
+  using namespace Eigen::internal;
+  constexpr Index q = unpacket_traits<Q>::size, U = 2;
+  const Index e = logits.rows(), t = logits.cols(), groups = e / q;
+  Q v[U][max_packet_experts];
+  Scalar pad[q * q], out[q];
+  for (Index j = 0; j < t; j += U * q) {
+    Index n[U];
+    for (Index u = 0; u < U; ++u) n[u] = std::clamp<Index>(t - j - u * q, 0, q);
+    for (Index u = 0; u < U; ++u) {  // v[u][i]: expert i across the q tokens of group u
+      const Scalar* src = logits.data() + (j + u * q) * e;
+      for (Index g = 0; g < groups; ++g) {
+        PacketBlock<Q, q> b;
+        if (n[u] == q) {
+          for (Index k = 0; k < q; ++k) b.packet[k] = ploadu<Q>(src + k * e + g * q);
+        } else {  // a partial group of tokens, padded with zeros
+          std::fill(pad, pad + q * q, Scalar(0));
+          for (Index k = 0; k < n[u]; ++k) std::copy(src + k * e + g * q, src + k * e + g * q + q, pad + k * q);
+          for (Index k = 0; k < q; ++k) b.packet[k] = ploadu<Q>(pad + k * q);
+        }
+        ptranspose(b);
+        for (Index i = 0; i < q; ++i) v[u][g * q + i] = b.packet[i];
+      }
+    }
+    Q m[U], sum[U], inv[U];
+    for (Index u = 0; u < U; ++u) m[u] = v[u][0];
+    for (Index i = 1; i < e; ++i)
+      for (Index u = 0; u < U; ++u) m[u] = pmax(m[u], v[u][i]);
+    for (Index u = 0; u < U; ++u) sum[u] = pset1<Q>(Scalar(0));
+    for (Index i = 0; i < e; ++i)
+      for (Index u = 0; u < U; ++u) {
+        v[u][i] = pexp(psub(v[u][i], m[u]));
+        sum[u] = padd(sum[u], v[u][i]);
+      }
+    for (Index u = 0; u < U; ++u) inv[u] = pdiv(pset1<Q>(Scalar(1)), sum[u]);
+    for (Index u = 0; u < U; ++u) {
+      if (n[u] == 0) break;
+      pstoreu(out, padd(m[u], plog(sum[u])));
+      std::copy(out, out + n[u], lse.data() + j + u * q);
+      Scalar* dst = probs.data() + (j + u * q) * e;
+      for (Index g = 0; g < groups; ++g) {
+        PacketBlock<Q, q> b;
+        for (Index i = 0; i < q; ++i) b.packet[i] = pmul(v[u][g * q + i], inv[u]);
+        ptranspose(b);
+        if (n[u] == q) {
+          for (Index k = 0; k < q; ++k) pstoreu(dst + k * e + g * q, b.packet[k]);
+        } else {
+          for (Index k = 0; k < n[u]; ++k) {
+            pstoreu(pad, b.packet[k]);
+            std::copy(pad, pad + q, dst + k * e + g * q);
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Column softmax of logits into probs; lse[t] = log-sum-exp of column t.
+///
+/// A column holds only `experts` values, too few to fill a packet, so when a packet width q divides the
+/// number of experts (the full, half or quarter packet, at least 8 lanes: AVX and AVX-512), q tokens are
+/// done at a time: each group of q experts of q columns is loaded and transposed in registers (Eigen's
+/// ptranspose), so that the max, the exponentials, the sum, the logarithm and the normalisation run across
+/// tokens, one packet per expert, and the result is transposed back (AVX-512, per token: 8 experts
+/// 6.9 -> 6.0 ns, 16 experts 10.8 -> 4.7, 64 experts 48 -> 15). Sums over the experts run in expert order
+/// either way. The last partial group of tokens is padded. Otherwise (or beyond max_packet_experts) each
+/// column is done on its own, with the exponentials vectorised over the matrix (exp_in_place, whose
+/// partial last packet is padded too). Either way a column's result does not depend on the other columns.
 template <class Scalar>
 void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
   const Index e = logits.rows(), t = logits.cols();
   probs.resize(e, t);
   lse.resize(t);
+  using P = kernel::Packet<Scalar>;
+  using Half = typename Eigen::internal::unpacket_traits<P>::half;
+  using Quarter = typename Eigen::internal::unpacket_traits<Half>::half;
+  // (Packets of 4 lanes measured no faster than the per-column loop.)
+  const auto fits = [e](Index q) { return q >= 8 && e % q == 0 && e <= max_packet_experts; };
+  if (fits(kernel::lanes<Scalar>)) return softmax_columns_packed<P>(logits, probs, lse);
+  if (fits(Eigen::internal::unpacket_traits<Half>::size)) return softmax_columns_packed<Half>(logits, probs, lse);
+  if (fits(Eigen::internal::unpacket_traits<Quarter>::size))
+    return softmax_columns_packed<Quarter>(logits, probs, lse);
   for (Index j = 0; j < t; ++j) {  // shift each column by its maximum
     const Scalar* l = logits.data() + j * e;
     Scalar* p = probs.data() + j * e;
@@ -219,7 +319,7 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
     for (Index i = 0; i < e; ++i) p[i] = l[i] - m;
     lse[j] = m;
   }
-  probs.array() = probs.array().exp();
+  exp_in_place(probs.data(), e * t);
   for (Index j = 0; j < t; ++j) {
     Scalar* p = probs.data() + j * e;
     Scalar s = 0;
