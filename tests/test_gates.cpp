@@ -453,8 +453,8 @@ TEST_CASE("bad gate configurations and shapes raise clear errors", "[gates]") {
                     Catch::Contains("expected expert 1 to take 4 inputs") && Catch::Contains("got 5"));
 }
 
-TEMPLATE_TEST_CASE("softmax_columns matches a double softmax and a column's result does not depend on the batch",
-                   "[gates]", float, double) {
+TEMPLATE_TEST_CASE("softmax_columns: a double softmax's values, independent of the batch", "[gates]", float,
+                   double) {
   using S = TestType;
   const double tol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
   // 8, 16, 24, 64: the transposed path where packets of >= 8 lanes divide the experts (AVX, AVX-512);

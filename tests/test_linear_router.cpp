@@ -16,6 +16,45 @@ double rel_error(const Matrix<S>& a, const Matrix<S>& b) {
 
 }  // namespace
 
+// (Test names stay under one console line: Catch 2.13's wrapping of a long name with "(AVX-512:" in it
+// printed dashes forever when the test failed.)
+TEST_CASE("LinearRouter's logits add each packet in Eigen's predux order", "[router]") {
+  // A width that is a whole number of packets reduces a 4 x 4 block's accumulators together (predux16 with
+  // AVX-512); one more feature, with a zero weight, takes the per-output predux and adds 0 * x exactly. So
+  // the logits are equal bit for bit exactly when the joint reduction adds in predux's order.
+  for (Index width : {512, 64})
+    for (Index tokens : {4, 37, 256})
+      for (Index routers : {1, 2}) {
+        CAPTURE(width, tokens, routers);
+        const Index experts = 8;
+        const detail::LinearRouter<float> joint{width, experts, routers}, tail{width + 1, experts, routers};
+        const Vector<float> p = random_batch<float>(joint.num_params(), 1, 7);
+        Vector<float> q(tail.num_params());  // the same parameters with a zero weight for the extra feature
+        for (Index r = 0; r < routers; ++r)
+          for (Index e = 0; e < experts; ++e) {
+            q.segment(r * tail.router_params() + e * (width + 1), width) =
+                p.segment(r * joint.router_params() + e * width, width);
+            q[r * tail.router_params() + e * (width + 1) + width] = 0.0f;
+            q[r * tail.router_params() + experts * (width + 1) + e] = p[r * joint.router_params() + experts * width + e];
+          }
+        Matrix<float> x(width + 1, tokens);
+        x.topRows(width) = random_batch<float>(width, tokens, 8);
+        x.row(width).setConstant(3.0f);
+        const Matrix<float> xj = x.topRows(width);
+        Matrix<float> a0, a1, b0, b1;
+        if (routers == 1) {
+          joint.forward(p.data(), xj, a0);
+          tail.forward(q.data(), x, b0);
+          CHECK(a0 == b0);
+        } else {
+          joint.forward<2>(p.data(), xj, {&a0, &a1});
+          tail.forward<2>(q.data(), x, {&b0, &b1});
+          CHECK(a0 == b0);
+          CHECK(a1 == b1);
+        }
+      }
+}
+
 TEMPLATE_TEST_CASE("LinearRouter matches W x + b and its gradients for every block remainder", "[router]", float,
                    double) {
   using S = TestType;
