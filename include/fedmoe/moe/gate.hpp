@@ -225,13 +225,15 @@ void exp_in_place(Scalar* p, Index n) {
 /// Most experts whose per-token softmax runs transposed, one packet per expert (kept on the stack).
 inline constexpr Index max_packet_experts = 64;
 
-/// softmax_columns for q = Q's lanes dividing experts (<= max_packet_experts): q tokens at a time, transposed,
-/// two groups of q tokens per step (their dependency chains, exp -> sum -> log and divide -> normalise,
-/// then overlap).
-template <class Q, class Scalar>
+/// softmax_columns for q dividing experts (<= max_packet_experts; Eigen has a packet of q lanes): q tokens at
+/// a time, transposed, two groups of q tokens per step (their dependency chains, exp -> sum -> log and
+/// divide -> normalise, then overlap).
+template <Index q, class Scalar>
 void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
   using namespace Eigen::internal;
-  constexpr Index q = unpacket_traits<Q>::size, U = 2;
+  using Q = typename find_best_packet<Scalar, q>::type;
+  static_assert(unpacket_traits<Q>::size == q, "softmax_columns_packed: no packet of q lanes");
+  constexpr Index U = 2;
   const Index e = logits.rows(), t = logits.cols(), groups = e / q;
   Q v[U][max_packet_experts];
   Scalar pad[q * q], out[q];
@@ -302,15 +304,14 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
   const Index e = logits.rows(), t = logits.cols();
   probs.resize(e, t);
   lse.resize(t);
-  using P = kernel::Packet<Scalar>;
-  using Half = typename Eigen::internal::unpacket_traits<P>::half;
-  using Quarter = typename Eigen::internal::unpacket_traits<Half>::half;
-  // (Packets of 4 lanes measured no faster than the per-column loop.)
+  // The full packet, else a packet of half its lanes (packets of 4 lanes measured no faster than the
+  // per-column loop).
+  constexpr Index L = kernel::lanes<Scalar>;
   const auto fits = [e](Index q) { return q >= 8 && e % q == 0 && e <= max_packet_experts; };
-  if (fits(kernel::lanes<Scalar>)) return softmax_columns_packed<P>(logits, probs, lse);
-  if (fits(Eigen::internal::unpacket_traits<Half>::size)) return softmax_columns_packed<Half>(logits, probs, lse);
-  if (fits(Eigen::internal::unpacket_traits<Quarter>::size))
-    return softmax_columns_packed<Quarter>(logits, probs, lse);
+  if (fits(L)) return softmax_columns_packed<L>(logits, probs, lse);
+  if constexpr (L >= 16) {
+    if (fits(L / 2)) return softmax_columns_packed<L / 2>(logits, probs, lse);
+  }
   for (Index j = 0; j < t; ++j) {  // shift each column by its maximum
     const Scalar* l = logits.data() + j * e;
     Scalar* p = probs.data() + j * e;

@@ -214,7 +214,7 @@ FEDMOE_KERNEL void dot_block(const Scalar* const (&w)[BA], const Scalar (&bias)[
     }
   }
 #if defined(EIGEN_VECTORIZE_AVX512DQ)
-  if constexpr (BA == 4 && BT == 4 && std::is_same_v<P, __m512>) {
+  if constexpr (BA == 4 && BT == 4 && std::is_same_v<Scalar, float> && L == 16) {
     if (i == n) {  // no scalar tail: the 16 reductions together (bitwise the same), 4 rows per token stored
       __m512 v[16];
       FEDMOE_UNROLL
