@@ -229,15 +229,16 @@ inline constexpr Index max_packet_experts = 64;
 /// a time, transposed, two groups of q tokens per step (their dependency chains, exp -> sum -> log and
 /// divide -> normalise, then overlap).
 template <Index q, class Scalar>
-void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
+void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0,
+                            Index j1) {
   using namespace Eigen::internal;
   using Q = typename find_best_packet<Scalar, q>::type;
   static_assert(unpacket_traits<Q>::size == q, "softmax_columns_packed: no packet of q lanes");
   constexpr Index U = 2;
-  const Index e = logits.rows(), t = logits.cols(), groups = e / q;
+  const Index e = logits.rows(), t = j1, groups = e / q;
   Q v[U][max_packet_experts];
   Scalar pad[q * q], out[q];
-  for (Index j = 0; j < t; j += U * q) {
+  for (Index j = j0; j < t; j += U * q) {
     Index n[U];
     for (Index u = 0; u < U; ++u) n[u] = std::clamp<Index>(t - j - u * q, 0, q);
     for (Index u = 0; u < U; ++u) {  // v[u][i]: expert i across the q tokens of group u
@@ -299,20 +300,19 @@ void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs,
 /// either way. The last partial group of tokens is padded. Otherwise (or beyond max_packet_experts) each
 /// column is done on its own, with the exponentials vectorised over the matrix (exp_in_place, whose
 /// partial last packet is padded too). Either way a column's result does not depend on the other columns.
+/// Only columns [j0, j1) (probs and lse already sized), for callers that work through the tokens in chunks.
 template <class Scalar>
-void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
-  const Index e = logits.rows(), t = logits.cols();
-  probs.resize(e, t);
-  lse.resize(t);
+void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0, Index j1) {
+  const Index e = logits.rows();
   // The full packet, else a packet of half its lanes (packets of 4 lanes measured no faster than the
   // per-column loop).
   constexpr Index L = kernel::lanes<Scalar>;
   const auto fits = [e](Index q) { return q >= 8 && e % q == 0 && e <= max_packet_experts; };
-  if (fits(L)) return softmax_columns_packed<L>(logits, probs, lse);
+  if (fits(L)) return softmax_columns_packed<L>(logits, probs, lse, j0, j1);
   if constexpr (L >= 16) {
-    if (fits(L / 2)) return softmax_columns_packed<L / 2>(logits, probs, lse);
+    if (fits(L / 2)) return softmax_columns_packed<L / 2>(logits, probs, lse, j0, j1);
   }
-  for (Index j = 0; j < t; ++j) {  // shift each column by its maximum
+  for (Index j = j0; j < j1; ++j) {  // shift each column by its maximum
     const Scalar* l = logits.data() + j * e;
     Scalar* p = probs.data() + j * e;
     Scalar m = l[0];
@@ -320,8 +320,8 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
     for (Index i = 0; i < e; ++i) p[i] = l[i] - m;
     lse[j] = m;
   }
-  exp_in_place(probs.data(), e * t);
-  for (Index j = 0; j < t; ++j) {
+  exp_in_place(probs.data() + j0 * e, e * (j1 - j0));
+  for (Index j = j0; j < j1; ++j) {
     Scalar* p = probs.data() + j * e;
     Scalar s = 0;
     for (Index i = 0; i < e; ++i) s += p[i];
@@ -329,6 +329,13 @@ void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector
     for (Index i = 0; i < e; ++i) p[i] *= inv;
     lse[j] += std::log(s);
   }
+}
+
+template <class Scalar>
+void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse) {
+  probs.resize(logits.rows(), logits.cols());
+  lse.resize(logits.cols());
+  softmax_columns(logits, probs, lse, 0, logits.cols());
 }
 
 /// The z-loss mean_t lse_t^2 from softmax_columns' per-token log-sum-exp.
