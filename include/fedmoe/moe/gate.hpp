@@ -228,14 +228,38 @@ inline constexpr Index max_packet_experts = 64;
 /// softmax_columns for q dividing experts (<= max_packet_experts; Eigen has a packet of q lanes): q tokens at
 /// a time, transposed, two groups of q tokens per step (their dependency chains, exp -> sum -> log and
 /// divide -> normalise, then overlap).
-template <Index q, class Scalar>
+template <Index q, Index U = 2, class Scalar>
 void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0,
                             Index j1) {
   using namespace Eigen::internal;
   using Q = typename find_best_packet<Scalar, q>::type;
   static_assert(unpacket_traits<Q>::size == q, "softmax_columns_packed: no packet of q lanes");
-  constexpr Index U = 2;
-  const Index e = logits.rows(), t = j1, groups = e / q;
+  const Index e = logits.rows(), groups = e / q;
+  Index t = j1;
+  if constexpr (U > 1) {  // fewer than q tokens left after the groups: column by column, the same bits
+    const Index bulk = j0 + (j1 - j0) / q * q;
+    for (Index j = bulk; j < j1; ++j) {
+      // The same operations per value as below, in the same order: max, exp(l - max), the sum in expert
+      // order, 1 / sum, the products, max + log(sum), with q-lane packets along the column.
+      const Scalar* l = logits.data() + j * e;
+      Scalar* pj = probs.data() + j * e;
+      Q mv = ploadu<Q>(l);
+      for (Index g = 1; g < groups; ++g) mv = pmax(mv, ploadu<Q>(l + g * q));
+      const Q m = pset1<Q>(predux_max(mv));
+      Scalar sum = 0;
+      Scalar ex[q];
+      for (Index g = 0; g < groups; ++g) {
+        pstoreu(ex, pexp(psub(ploadu<Q>(l + g * q), m)));
+        pstoreu(pj + g * q, ploadu<Q>(ex));
+        for (Index i = 0; i < q; ++i) sum += ex[i];
+      }
+      const Q s = pset1<Q>(sum), inv = pdiv(pset1<Q>(Scalar(1)), s);
+      for (Index g = 0; g < groups; ++g) pstoreu(pj + g * q, pmul(ploadu<Q>(pj + g * q), inv));
+      lse[j] = pfirst(padd(m, plog(s)));
+    }
+    t = bulk;
+    if (t - j0 < U * q && t > j0) return softmax_columns_packed<q, 1>(logits, probs, lse, j0, t);
+  }
   Q v[U][max_packet_experts];
   Scalar pad[q * q], out[q];
   for (Index j = j0; j < t; j += U * q) {
