@@ -225,57 +225,47 @@ void exp_in_place(Scalar* p, Index n) {
 /// Most experts whose per-token softmax runs transposed, one packet per expert (kept on the stack).
 inline constexpr Index max_packet_experts = 64;
 
-/// softmax_columns for q dividing experts (<= max_packet_experts; Eigen has a packet of q lanes): q tokens at
-/// a time, transposed, two groups of q tokens per step (their dependency chains, exp -> sum -> log and
-/// divide -> normalise, then overlap).
-template <Index q, Index U = 2, class Scalar>
-void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0,
-                            Index j1) {
+/// softmax_columns of column j alone, with q-lane packets along the column: the same operations per value, in
+/// the same order, as softmax_groups (max, exp(l - max), the sum in expert order, 1 / sum, the products,
+/// max + log(sum)), hence the same bits.
+template <Index q, class Scalar>
+void softmax_column_packets(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j) {
   using namespace Eigen::internal;
   using Q = typename find_best_packet<Scalar, q>::type;
-  static_assert(unpacket_traits<Q>::size == q, "softmax_columns_packed: no packet of q lanes");
   const Index e = logits.rows(), groups = e / q;
-  Index t = j1;
-  if constexpr (U > 1) {  // fewer than q tokens left after the groups: column by column, the same bits
-    const Index bulk = j0 + (j1 - j0) / q * q;
-    for (Index j = bulk; j < j1; ++j) {
-      // The same operations per value as below, in the same order: max, exp(l - max), the sum in expert
-      // order, 1 / sum, the products, max + log(sum), with q-lane packets along the column.
-      const Scalar* l = logits.data() + j * e;
-      Scalar* pj = probs.data() + j * e;
-      Q mv = ploadu<Q>(l);
-      for (Index g = 1; g < groups; ++g) mv = pmax(mv, ploadu<Q>(l + g * q));
-      const Q m = pset1<Q>(predux_max(mv));
-      Scalar sum = 0;
-      Scalar ex[q];
-      for (Index g = 0; g < groups; ++g) {
-        pstoreu(ex, pexp(psub(ploadu<Q>(l + g * q), m)));
-        pstoreu(pj + g * q, ploadu<Q>(ex));
-        for (Index i = 0; i < q; ++i) sum += ex[i];
-      }
-      const Q s = pset1<Q>(sum), inv = pdiv(pset1<Q>(Scalar(1)), s);
-      for (Index g = 0; g < groups; ++g) pstoreu(pj + g * q, pmul(ploadu<Q>(pj + g * q), inv));
-      lse[j] = pfirst(padd(m, plog(s)));
-    }
-    t = bulk;
-    if (t - j0 < U * q && t > j0) return softmax_columns_packed<q, 1>(logits, probs, lse, j0, t);
+  const Scalar* l = logits.data() + j * e;
+  Scalar* p = probs.data() + j * e;
+  Q mv = ploadu<Q>(l);
+  for (Index g = 1; g < groups; ++g) mv = pmax(mv, ploadu<Q>(l + g * q));
+  const Q m = pset1<Q>(predux_max(mv));
+  Scalar sum = 0;
+  for (Index g = 0; g < groups; ++g) {
+    pstoreu(p + g * q, pexp(psub(ploadu<Q>(l + g * q), m)));
+    for (Index i = 0; i < q; ++i) sum += p[g * q + i];
   }
+  const Q s = pset1<Q>(sum), inv = pdiv(pset1<Q>(Scalar(1)), s);
+  for (Index g = 0; g < groups; ++g) pstoreu(p + g * q, pmul(ploadu<Q>(p + g * q), inv));
+  lse[j] = pfirst(padd(m, plog(s)));
+}
+
+/// softmax_columns of columns [j0, j1), (j1 - j0) a multiple of U * q: q tokens at a time, each group of q
+/// experts of q columns transposed in registers (Eigen's ptranspose) so that everything runs across tokens,
+/// one packet per expert, then transposed back; U groups per step, so that their dependency chains (exp ->
+/// sum -> log and divide -> normalise) overlap.
+template <Index q, Index U, class Scalar>
+void softmax_groups(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0, Index j1) {
+  using namespace Eigen::internal;
+  using Q = typename find_best_packet<Scalar, q>::type;
+  static_assert(unpacket_traits<Q>::size == q, "softmax_groups: no packet of q lanes");
+  const Index e = logits.rows(), groups = e / q;
   Q v[U][max_packet_experts];
-  Scalar pad[q * q], out[q];
-  for (Index j = j0; j < t; j += U * q) {
-    Index n[U];
-    for (Index u = 0; u < U; ++u) n[u] = std::clamp<Index>(t - j - u * q, 0, q);
+  Scalar out[q];
+  for (Index j = j0; j < j1; j += U * q) {
     for (Index u = 0; u < U; ++u) {  // v[u][i]: expert i across the q tokens of group u
       const Scalar* src = logits.data() + (j + u * q) * e;
       for (Index g = 0; g < groups; ++g) {
         PacketBlock<Q, q> b;
-        if (n[u] == q) {
-          for (Index k = 0; k < q; ++k) b.packet[k] = ploadu<Q>(src + k * e + g * q);
-        } else {  // a partial group of tokens, padded with zeros
-          std::fill(pad, pad + q * q, Scalar(0));
-          for (Index k = 0; k < n[u]; ++k) std::copy(src + k * e + g * q, src + k * e + g * q + q, pad + k * q);
-          for (Index k = 0; k < q; ++k) b.packet[k] = ploadu<Q>(pad + k * q);
-        }
+        for (Index k = 0; k < q; ++k) b.packet[k] = ploadu<Q>(src + k * e + g * q);
         ptranspose(b);
         for (Index i = 0; i < q; ++i) v[u][g * q + i] = b.packet[i];
       }
@@ -292,25 +282,28 @@ void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs,
       }
     for (Index u = 0; u < U; ++u) inv[u] = pdiv(pset1<Q>(Scalar(1)), sum[u]);
     for (Index u = 0; u < U; ++u) {
-      if (n[u] == 0) break;
       pstoreu(out, padd(m[u], plog(sum[u])));
-      std::copy(out, out + n[u], lse.data() + j + u * q);
+      std::copy(out, out + q, lse.data() + j + u * q);
       Scalar* dst = probs.data() + (j + u * q) * e;
       for (Index g = 0; g < groups; ++g) {
         PacketBlock<Q, q> b;
         for (Index i = 0; i < q; ++i) b.packet[i] = pmul(v[u][g * q + i], inv[u]);
         ptranspose(b);
-        if (n[u] == q) {
-          for (Index k = 0; k < q; ++k) pstoreu(dst + k * e + g * q, b.packet[k]);
-        } else {
-          for (Index k = 0; k < n[u]; ++k) {
-            pstoreu(pad, b.packet[k]);
-            std::copy(pad, pad + q, dst + k * e + g * q);
-          }
-        }
+        for (Index k = 0; k < q; ++k) pstoreu(dst + k * e + g * q, b.packet[k]);
       }
     }
   }
+}
+
+/// softmax_columns for q dividing experts (<= max_packet_experts): pairs of groups of q tokens, then a
+/// last group, then the columns left one by one (fewer than q; a padded group cost the one-token gate 12 %).
+template <Index q, class Scalar>
+void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0,
+                            Index j1) {
+  const Index grouped = j0 + (j1 - j0) / q * q, paired = j0 + (j1 - j0) / (2 * q) * (2 * q);
+  softmax_groups<q, 2>(logits, probs, lse, j0, paired);
+  softmax_groups<q, 1>(logits, probs, lse, paired, grouped);
+  for (Index j = grouped; j < j1; ++j) softmax_column_packets<q>(logits, probs, lse, j);
 }
 
 /// Column softmax of logits into probs; lse[t] = log-sum-exp of column t.
@@ -320,11 +313,12 @@ void softmax_columns_packed(const Matrix<Scalar>& logits, Matrix<Scalar>& probs,
 /// done at a time: each group of q experts of q columns is loaded and transposed in registers (Eigen's
 /// ptranspose), so that the max, the exponentials, the sum, the logarithm and the normalisation run across
 /// tokens, one packet per expert, and the result is transposed back (AVX-512, per token: 8 experts
-/// 6.9 -> 6.0 ns, 16 experts 10.8 -> 4.7, 64 experts 48 -> 15). Sums over the experts run in expert order
-/// either way. The last partial group of tokens is padded. Otherwise (or beyond max_packet_experts) each
-/// column is done on its own, with the exponentials vectorised over the matrix (exp_in_place, whose
-/// partial last packet is padded too). Either way a column's result does not depend on the other columns.
-/// Only columns [j0, j1) (probs and lse already sized), for callers that work through the tokens in chunks.
+/// 6.9 -> 6.1 ns, 16 experts 10.8 -> 4.8, 64 experts 48 -> 15); the columns left over run one by one with
+/// the same operations. Sums over the experts run in expert order either way. Otherwise (or beyond
+/// max_packet_experts) each column is done on its own, with the exponentials vectorised over the matrix
+/// (exp_in_place, whose partial last packet is padded). Either way a column's result does not depend on
+/// the other columns. This overload does only columns [j0, j1) (probs and lse already sized), for callers
+/// that work through the tokens in chunks.
 template <class Scalar>
 void softmax_columns(const Matrix<Scalar>& logits, Matrix<Scalar>& probs, Vector<Scalar>& lse, Index j0, Index j1) {
   const Index e = logits.rows();
