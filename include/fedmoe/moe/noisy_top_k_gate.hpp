@@ -233,6 +233,7 @@ private:
 
   /// Tokens per chunk of the forward's elementwise passes (a multiple of every packet size).
   static constexpr Index chunk_tokens = 256;
+  using Tile = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic>>;
 
   /// The forward's elementwise work on tokens [j0, j1): noise, softplus, H, the clean softmax, the selection
   /// and the load's normal CDF, each as before over whole matrices (the noise continues rng's draws).
@@ -262,10 +263,8 @@ private:
     }
   }
 
-  using Tile = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic>>;
-
-  /// The top-(k+1) selection of each column of h (unless `reuse`: the frozen m_order), the softmax over
-  /// the k selected values, and the importance. Vectorised across tokens, a packet of tokens at a time
+  /// The top-(k+1) selection of columns [j_begin, j_end) of h (unless `reuse`: the frozen m_order) and the
+  /// softmax over the k selected values (forward sums the importance afterwards). Vectorised across tokens, a packet of tokens at a time
   /// (one expert's values gathered across the packet's tokens): each expert is inserted into the sorted
   /// kept values by selects, where a per-token loop ran unpredictable branches (as costly as the rest of
   /// the forward's elementwise work). The last partial packet runs padded, so a token's results do not
@@ -275,12 +274,12 @@ private:
     using P = detail::kernel::Packet<Scalar>;
     constexpr Index L = detail::kernel::lanes<Scalar>;
     auto& r = this->m_routing;
-    const Index e = this->experts(), t = j_end, k = this->k(), kk = m_order.rows();
+    const Index e = this->experts(), k = this->k(), kk = m_order.rows();
     m_pad.resize(e * L);
     P top[max_selection], at[max_selection];
     Scalar lane[max_selection][L];
-    for (Index j = j_begin; j < t; j += L) {
-      const Index n = std::min(L, t - j);
+    for (Index j = j_begin; j < j_end; j += L) {
+      const Index n = std::min(L, j_end - j);
       const Scalar* hb = h.data() + j * e;
       if (n < L) {  // the last partial packet of tokens, padded with zeros
         m_pad.setZero();
