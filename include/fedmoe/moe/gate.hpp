@@ -204,22 +204,30 @@ void cv_squared_gradient(const Vector<Scalar>& v, Vector<Scalar>& grad) {
   }
 }
 
-/// p[i] = exp(p[i]) for i < n over packets, the last partial packet padded: unlike an Eigen array expression
-/// (std::exp for the elements after the last full packet), every element gets the packet function, so a
-/// column's values do not depend on where the matrix ends.
-template <class Scalar>
-void exp_in_place(Scalar* p, Index n) {
+/// p[i] = f(p[i]) for i < n, f a function of packets, the last partial packet padded with `pad` (a valid
+/// input of f): unlike an Eigen array expression (scalar functions for the elements after the last full
+/// packet), every element goes through the packet function, so a value does not depend on where the
+/// array ends.
+template <class Scalar, class F>
+void transform_packets(Scalar* p, Index n, Scalar pad, F&& f) {
   using namespace Eigen::internal;
   using P = kernel::Packet<Scalar>;
   constexpr Index L = kernel::lanes<Scalar>;
   Index i = 0;
-  for (; i + L <= n; i += L) pstoreu(p + i, pexp(ploadu<P>(p + i)));
+  for (; i + L <= n; i += L) pstoreu(p + i, f(ploadu<P>(p + i)));
   if (i < n) {
-    Scalar buf[L] = {};
+    Scalar buf[L];
+    std::fill(buf, buf + L, pad);
     std::copy(p + i, p + n, buf);
-    pstoreu(buf, pexp(ploadu<P>(buf)));
+    pstoreu(buf, f(ploadu<P>(buf)));
     std::copy(buf, buf + (n - i), p + i);
   }
+}
+
+/// p[i] = exp(p[i]) for i < n, every element through the packet exp (see transform_packets).
+template <class Scalar>
+void exp_in_place(Scalar* p, Index n) {
+  transform_packets(p, n, Scalar(0), [](const auto& v) { return Eigen::internal::pexp(v); });
 }
 
 /// Most experts whose per-token softmax runs transposed, one packet per expert (kept on the stack).

@@ -54,7 +54,6 @@ void standard_normals(Rng& rng, Scalar* out, Index n) {
   }
   using namespace Eigen::internal;
   using P = kernel::Packet<Scalar>;
-  constexpr Index L = kernel::lanes<Scalar>;
   const auto normal = [](const P& u) {
     const auto c = [](Scalar v) { return pset1<P>(v); };
     const P x = psub(pmul(c(2), u), c(1));
@@ -75,15 +74,7 @@ void standard_normals(Rng& rng, Scalar* out, Index n) {
     }
     return pmul(pmul(c(Scalar(1.41421356237309504880)), r), x);
   };
-  Index i = 0;
-  for (; i + L <= n; i += L) pstoreu(out + i, normal(ploadu<P>(out + i)));
-  if (i < n) {
-    Scalar buf[L];
-    std::fill(buf, buf + L, Scalar(0.5));
-    std::copy(out + i, out + n, buf);
-    pstoreu(buf, normal(ploadu<P>(buf)));
-    std::copy(buf, buf + (n - i), out + i);
-  }
+  transform_packets(out, n, Scalar(0.5), normal);
 }
 
 }  // namespace detail
