@@ -7,6 +7,11 @@
 ///     b <- g                 (first step)      b <- mu * b + g   (later steps)
 ///     d <- g + mu * b        (Nesterov)        d <- b            (otherwise; d = g if mu = 0)
 ///     p <- p - lr * d
+///
+/// With momentum 0 it keeps no state but the step count (`first` stays as it is, unused).
+/// The federated server optimizers FedAvg (lr = server learning rate) and FedAvgM (Hsu et al. 2019,
+/// "Measuring the Effects of Non-Identical Data Distribution for Federated Visual Classification")
+/// are this rule applied to the pseudo-gradient (federated/server_optimizer.hpp).
 #include "optimizer.hpp"
 
 namespace fedmoe {
@@ -26,7 +31,7 @@ public:
   }
 
   void step(Vector<Scalar>& params, const Vector<Scalar>& grads) {
-    detail::check_step("Sgd::step", params, grads, m_state);
+    detail::check_step("Sgd::step", params, grads, m_state, moments());
     const Scalar lr = Scalar(m_lr), mu = Scalar(m_mu), wd = Scalar(m_wd);
     if (m_mu == 0) {
       if (m_wd == 0) params.noalias() -= lr * grads;
@@ -45,11 +50,17 @@ public:
 
   void reset() { m_state = state_type{}; }
   const state_type& state() const { return m_state; }
-  void set_state(const state_type& s) { m_state = s; }
+  /// Refuses (with the state unchanged) a state with steps < 0; step() checks the sizes.
+  void set_state(const state_type& s) {
+    detail::check_state("Sgd::set_state", s, moments());
+    m_state = s;
+  }
   double learning_rate() const { return m_lr; }
   void set_learning_rate(double lr) { m_lr = lr; }
 
 private:
+  detail::MomentUse moments() const { return {m_mu != 0 ? "momentum buffer" : nullptr, nullptr}; }
+
   double m_lr, m_mu;
   bool m_nesterov;
   double m_wd;
