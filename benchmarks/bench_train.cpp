@@ -1,4 +1,5 @@
-// Training and inference of the paper's models, FedAvg aggregation, and memory-copy bandwidth.
+// Training and inference of the paper's models, and memory-copy bandwidth (the aggregation rules,
+// FedAvg's mean included, are measured by bench_aggregators.cpp).
 //
 // Case names (shared with bench_train_torch, see bench_train.hpp):
 //   <model>/train/b<B>   forward (Mode::train) + cross-entropy (or mixture loss) + backward + Adam step,
@@ -6,19 +7,14 @@
 //                        in the steady state (must read 0).
 //   <model>/infer/b1     evaluation forward at batch 1; the time is the latency, heap_allocs the
 //                        heap allocations per call (malloc and operator new, counted by replacement).
-//   fedavg/n<N>/p<P>     FedAvg{}.aggregate of N client vectors of P floats; bytes/s counts the
-//                        compulsory traffic, (N + 1) * P * 4 bytes (each update read once, global written once).
 //   memcpy/<MiB>MiB      std::memcpy; bytes/s = read + written bytes (2 x the copied size), the
-//                        bandwidth the aggregation is compared with (16 MiB ~ the 4 MB global vector in
+//                        bandwidth the kernels are compared with (16 MiB ~ the 4 MB global vector in
 //                        cache-ish regime, 256 MiB = DRAM).
 //
 // Full run:   fedmoe_bench_train --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
-// CI smoke:   fedmoe_bench_train --benchmark_filter='(b1$|n10/p10000)' --benchmark_min_time=0.01
+// CI smoke:   fedmoe_bench_train --benchmark_filter='b1$' --benchmark_min_time=0.01
 #include <benchmark/benchmark.h>
 
-#include <span>
-
-#include <fedmoe/federated/aggregator.hpp>
 #include <fedmoe/losses/cross_entropy.hpp>
 #include <fedmoe/models/paper.hpp>
 #include <fedmoe/moe/mixture.hpp>
@@ -91,36 +87,10 @@ void run_case(benchmark::State& st, const TrainCase& c) {
   return run_mixture(st, c);
 }
 
-/// FedAvg of n updates of p parameters; bytes/s = compulsory traffic (n + 1) p sizeof(float).
-void bench_fedavg(benchmark::State& st, Index n, Index p) {
-  std::vector<ClientUpdate<float>> updates(static_cast<std::size_t>(n));
-  Rng r(bench::param_seed);
-  for (Index k = 0; k < n; ++k) {
-    auto& u = updates[static_cast<std::size_t>(k)];
-    u.client = k;
-    u.num_samples = 50 + static_cast<Index>(r.uniform_int(100));
-    u.parameters.resize(p);
-    for (Index i = 0; i < p; ++i) u.parameters[i] = r.uniform<float>(-1.f, 1.f);
-  }
-  Vector<float> global = Vector<float>::Zero(p);
-  const FedAvg fedavg;
-  for (auto _ : st) {
-    fedavg.aggregate(std::span<const ClientUpdate<float>>(updates), global);
-    benchmark::DoNotOptimize(global.data());
-    benchmark::ClobberMemory();
-  }
-  st.SetItemsProcessed(st.iterations() * n * p);
-  st.SetBytesProcessed(static_cast<int64_t>(double(st.iterations()) * double(n + 1) * double(p) * sizeof(float)));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::add_cases(bench::all_cases(), run_case);
-  for (Index n : {10, 100})
-    for (Index p : {10000, 1000000})
-      bench::add("fedavg/n" + std::to_string(n) + "/p" + std::to_string(p),
-                 [n, p](benchmark::State& st) { bench_fedavg(st, n, p); });
   bench::add_memcpy({1, 16, 256});
   return bench::run(argc, argv);
 }

@@ -10,7 +10,7 @@ namespace {
 struct MpiRuntime {
   bool is_root() const { return fedmoe::MpiSession::rank() == 0; }
   fedmoe::MpiTransport<float> make_transport() const { return fedmoe::MpiTransport<float>(MPI_COMM_WORLD); }
-  void json_timing(std::ostream& out) const { out << ", \"processes\": " << fedmoe::MpiSession::size(); }
+  void json_timing(nlohmann::json& timing) const { timing["processes"] = fedmoe::MpiSession::size(); }
 };
 }  // namespace
 

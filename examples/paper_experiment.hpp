@@ -12,11 +12,12 @@
 //
 // A runtime provides: `bool is_root() const` (this process prints and writes the outputs),
 // `make_transport()` (a fresh transport per setting, returned by value), and
-// `void json_timing(std::ostream&) const` (extra fields of the JSON "timing" object).
+// `void json_timing(nlohmann::json&) const` (extra fields of the JSON "timing" object).
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -29,7 +30,9 @@
 #include <sstream>
 
 #include <fedmoe/data/partition.hpp>
+#include <fedmoe/federated/aggregators/any_aggregator.hpp>
 #include <fedmoe/federated/federation.hpp>
+#include <fedmoe/federated/server_optimizer.hpp>
 #include <fedmoe/federated/personalize.hpp>
 #include <fedmoe/io/idx.hpp>
 #include <fedmoe/io/npy.hpp>
@@ -44,7 +47,7 @@ using Clock = std::chrono::steady_clock;
 struct InProcessRuntime {
   bool is_root() const { return true; }
   InProcessTransport<float> make_transport() const { return InProcessTransport<float>(); }
-  void json_timing(std::ostream&) const {}
+  void json_timing(nlohmann::json&) const {}
 };
 
 
@@ -74,7 +77,103 @@ struct Options {
   double dropout = 0.5;
   std::string json, csv, plot;
   bool full = false;
+  // Federated strategy (federated/federation.hpp): server optimizer or client algorithm, aggregator, attacks.
+  std::string strategy = "fedavg";  // fedavg | fedavgm | fedadagrad | fedadam | fedyogi | fedprox | scaffold
+  double server_lr = 0;             // 0: the strategy's default (see server_lr_for)
+  double server_momentum = 0.9, beta1 = 0.9, beta2 = 0.99, tau = 1e-3;
+  std::string local_optimizer = "adam";  // adam | sgd: the participants' optimizer (FedAvg, FedAvgM, ..., FedProx)
+  double prox_mu = 0.01;       // FedProx's mu (Li et al. 2020 try {0.001, 0.01, 0.1, 1})
+  double scaffold_lr = 0.05;   // SCAFFOLD's local SGD learning rate
+  std::string aggregator = "mean";
+  double trim_fraction = 0.1;
+  Index byzantine_bound = 0, multi_krum_m = 0;
+  double clip_update_norm = 0;
+  std::string attack = "none";
+  double attackers = 0, attack_scale = 4, attack_noise = 1, client_failure = 0;
+  std::vector<std::string> methods{"global", "specialist", "finetuned", "mixture"};
 };
+
+inline const std::vector<std::string> strategy_names{"fedavg", "fedavgm", "fedadagrad", "fedadam",
+                                                     "fedyogi", "fedprox", "scaffold"};
+
+/// The server learning rate: --server-lr, or the strategy's default: 1 for FedAvg, FedProx and SCAFFOLD
+/// (x + Delta), 0.1 for FedAvgM (with momentum 0.9 an effective rate of 1, Hsu et al. 2019), 1e-2 for
+/// the adaptive ones (Reddi et al. 2021 tune eta in 10^[-3, 1]; 1e-2 is among their best for CNNs).
+inline double server_lr_for(const Options& o) {
+  if (o.server_lr > 0) return o.server_lr;
+  if (o.strategy == "fedavgm") return 0.1;
+  if (o.strategy == "fedadagrad" || o.strategy == "fedadam" || o.strategy == "fedyogi") return 1e-2;
+  return 1.0;
+}
+
+inline ServerOptimizerSpec server_spec(const Options& o) {
+  ServerOptimizerSpec s;
+  const bool plain = o.strategy == "fedprox" || o.strategy == "scaffold";
+  s.name = plain ? "fedavg" : o.strategy;
+  s.lr = server_lr_for(o);
+  s.momentum = o.server_momentum;
+  s.beta1 = o.beta1;
+  s.beta2 = o.beta2;
+  s.tau = o.tau;
+  return s;
+}
+
+inline AggregatorSpec aggregator_spec(const Options& o) {
+  AggregatorSpec a;
+  a.name = o.aggregator;
+  a.trim_fraction = o.trim_fraction;
+  a.byzantine_bound = o.byzantine_bound;
+  a.multi_krum_m = o.multi_krum_m;
+  a.clip_update_norm = o.clip_update_norm;
+  return a;
+}
+
+inline AttackConfig attack_config(const Options& o) {
+  AttackConfig a;
+  a.kind = attack_from_string(o.attack);
+  a.fraction = o.attackers;
+  a.scale = o.attack_scale;
+  a.noise_std = o.attack_noise;
+  a.failure = o.client_failure;
+  return a;
+}
+
+inline bool wants(const Options& o, const std::string& method) {
+  return std::find(o.methods.begin(), o.methods.end(), method) != o.methods.end();
+}
+inline bool wants_personalisation(const Options& o) {
+  return wants(o, "specialist") || wants(o, "finetuned") || wants(o, "mixture");
+}
+
+/// Opted-in clients of a setting: clients - round(opt_out x clients).
+inline Index opted_in_clients(const Options& o, double opt_out) {
+  return o.clients - Index(std::llround(opt_out * double(o.clients)));
+}
+/// Clients sampled per round in a setting: --client-fraction of the opted-in clients, or --clients-per-round.
+inline Index per_round_clients(const Options& o, double opt_out) {
+  const Index opted_in = opted_in_clients(o, opt_out);
+  return o.client_fraction > 0 ? clients_for_fraction(o.client_fraction, opted_in) : o.clients_per_round;
+}
+
+/// Every check that needs no data, for every setting of the sweep, before any work starts.
+inline void validate_options(const Options& o) {
+  FEDMOE_CHECK(std::find(strategy_names.begin(), strategy_names.end(), o.strategy) != strategy_names.end(),
+               "fedmoe-paper: expected --strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold, got '",
+               o.strategy, "'");
+  (void)make_server_optimizer<float>(server_spec(o));  // rejects impossible hyperparameters
+  (void)make_aggregator(aggregator_spec(o));
+  attack_config(o).validate();
+  for (double out : o.opt_out) {
+    const Index opted_in = opted_in_clients(o, out);
+    FEDMOE_CHECK(opted_in > 0, "fedmoe-paper: opt-out fraction ", out, " leaves no client in the federation (",
+                 o.clients, " clients)");
+    const Index m = per_round_clients(o, out);
+    FEDMOE_CHECK(m <= opted_in, "fedmoe-paper: --clients-per-round ", m, " exceeds the ", opted_in,
+                 " opted-in clients at opt-out ", out, "; expected at most ", opted_in);
+    // The aggregator sees the clients that return: with --attackers and --client-failure the expected number.
+    check_aggregator_feasible(aggregator_spec(o), m);
+  }
+}
 
 struct Stat {
   double mean = 0, std = 0;
@@ -150,30 +249,38 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   std::vector<Client<float>> clients;
   for (Index i = 0; i < o.clients; ++i)
     clients.emplace_back(i, train, std::move(part.clients[std::size_t(i)]), is_out[std::size_t(i)]);
-  const Index opted_in = o.clients - n_out;
-  FEDMOE_CHECK(opted_in > 0, "fedmoe-paper: opt-out fraction ", opt_out, " leaves no client in the federation (",
-               o.clients, " clients)");
 
-  // FedAvg.
+  // The federation: the strategy's client algorithm, aggregator and server optimizer in one loop.
   Rng irng = Rng::stream(o.seed, 3000);
   model.init(irng);
   FederationConfig fc;
-  fc.clients_per_round = o.client_fraction > 0 ? clients_for_fraction(o.client_fraction, opted_in)
-                                               : std::min(o.clients_per_round, opted_in);
-  fc.local = {o.local_epochs, o.batch, o.lr_fedavg};
   fc.max_rounds = o.rounds;
   fc.check_every = o.check_every;
   fc.patience = o.patience;
   fc.threads = o.threads;
   fc.seed = o.seed;
+  fc.attack = attack_config(o);
   auto transport = runtime.make_transport();
   std::ostringstream label;
   label << "p=" << p << " opt-out=" << opt_out;
-  s.fed = train_federated(model, clients, transport, fc, [&](int r, int max_r, double val) {
+  const FederationProgress on_round = [&](int r, int max_r, double val) {
     std::ostringstream l;
-    l << label.str() << ": FedAvg round " << r << "/" << max_r << " val loss " << std::setprecision(4) << val;
-    progress.line(l.str(), done_before + share * 0.4 * r / std::max(1, max_r));
-  });
+    l << label.str() << ": " << o.strategy << " round " << r << "/" << max_r << " val loss " << std::setprecision(4)
+      << val;
+    progress.line(l.str(), done_before + share * (wants_personalisation(o) ? 0.4 : 1.0) * r / std::max(1, max_r));
+  };
+  auto federate = [&](auto algorithm) {
+    Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
+        UniformSampler(per_round_clients(o, opt_out)), std::move(algorithm), make_aggregator(aggregator_spec(o)),
+        make_server_optimizer<float>(server_spec(o))};
+    return train_federated(model, clients, transport, fc, std::move(strategy), on_round);
+  };
+  const LocalUpdateConfig local{o.local_epochs, o.batch};
+  const AnyOptimizer<float> local_opt = o.local_optimizer == "sgd" ? AnyOptimizer<float>(Sgd<float>(o.lr_fedavg))
+                                                                   : AnyOptimizer<float>(Adam<float>(o.lr_fedavg));
+  if (o.strategy == "fedprox") s.fed = federate(FedProx<AnyOptimizer<float>>(o.prox_mu, local, local_opt));
+  else if (o.strategy == "scaffold") s.fed = federate(Scaffold<float>(o.scaffold_lr, local));
+  else s.fed = federate(LocalTraining<AnyOptimizer<float>>(local, local_opt));
 
   // Personalisation of every client hosted here, in parallel; results land in per-client slots
   // (in process: every client; over MPI: each rank its own, then the metrics go to rank 0).
@@ -197,9 +304,18 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   std::vector<std::size_t> hosted;
   for (std::size_t i = 0; i < clients.size(); ++i)
     if (transport_owns(transport, clients[i].id())) hosted.push_back(i);
+  const bool personalise = wants_personalisation(o);
   parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
     const std::size_t i = hosted[h];
-    s.clients[i] = personalize(clients[i], model, experts[w], gates[w], test, global_test, pc, global_acc);
+    if (personalise) {
+      s.clients[i] = personalize(clients[i], model, experts[w], gates[w], test, global_test, pc, global_acc);
+    } else {  // the global model alone: its local-test accuracy, nothing trained
+      ClientResult& r = s.clients[i];
+      r.client = clients[i].id();
+      r.opted_out = clients[i].opted_out();
+      r.local_acc[0] = evaluate(experts[w] = model, test, clients[i].split().test).accuracy;
+      r.global_acc[0] = global_acc;
+    }
     const int f = ++finished;
     std::lock_guard lock(progress_mutex);
     std::ostringstream l;
@@ -211,10 +327,11 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   return s;
 }
 
-inline std::vector<Row> summarise(const Setting& s) {
+inline std::vector<Row> summarise(const Options& o, const Setting& s) {
   std::vector<Row> rows;
   for (const char* group : {"all", "opt_in", "opt_out"}) {
     for (int m = 0; m < 4; ++m) {
+      if (!wants(o, method_names[m])) continue;
       std::vector<double> loc, glo, gl, gg;
       for (const auto& c : s.clients) {
         if ((std::string(group) == "opt_in" && c.opted_out) || (std::string(group) == "opt_out" && !c.opted_out))
@@ -254,66 +371,92 @@ inline void print_table(const std::vector<Row>& rows, std::ostream& out) {
   }
 }
 
-inline std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    o += c;
+/// Every flag, as given (after --full), under the flag's own name with '-' as '_'.
+inline nlohmann::json config_json(const Options& o) {
+  using nlohmann::json;
+  return json{{"data", o.data}, {"dataset", o.dataset}, {"model", o.model}, {"clients", o.clients},
+              {"n_train", o.n_train}, {"n_val", o.n_val}, {"n_test", o.n_test}, {"partition", o.partition},
+              {"alpha", o.alpha}, {"p", o.p}, {"opt_out", o.opt_out}, {"clients_per_round", o.clients_per_round},
+              {"client_fraction", o.client_fraction}, {"rounds", o.rounds}, {"check_every", o.check_every},
+              {"patience", o.patience}, {"local_epochs", o.local_epochs}, {"batch", o.batch},
+              {"lr_fedavg", o.lr_fedavg}, {"lr_specialist", o.lr_specialist}, {"lr_finetune", o.lr_finetune},
+              {"lr_gate", o.lr_gate}, {"lr_expert", o.lr_expert}, {"max_epochs", o.max_epochs},
+              {"epoch_check", o.epoch_check}, {"epoch_patience", o.epoch_patience}, {"expert_init", o.expert_init},
+              {"global_test", o.global_test}, {"seed", o.seed}, {"threads", o.threads}, {"dropout", o.dropout},
+              {"strategy", o.strategy}, {"server_lr", server_lr_for(o)}, {"server_momentum", o.server_momentum},
+              {"beta1", o.beta1}, {"beta2", o.beta2}, {"tau", o.tau}, {"prox_mu", o.prox_mu},
+              {"scaffold_lr", o.scaffold_lr}, {"local_optimizer", o.local_optimizer}, {"aggregator", o.aggregator},
+              {"trim_fraction", o.trim_fraction},
+              {"byzantine_bound", o.byzantine_bound}, {"multi_krum_m", o.multi_krum_m},
+              {"clip_update_norm", o.clip_update_norm}, {"attack", o.attack}, {"attackers", o.attackers},
+              {"attack_scale", o.attack_scale}, {"attack_noise", o.attack_noise},
+              {"client_failure", o.client_failure}, {"methods", o.methods}};
+}
+
+/// A setting's federation: rounds, early stopping, the validation losses of every check, and per
+/// round what happened to the sampled clients (columns of equal length, one entry per round).
+inline nlohmann::json federation_json(const Setting& s) {
+  using nlohmann::json;
+  json checks = json::array();
+  for (const auto& [round, loss] : s.fed.val_history)  // a non-finite loss (no data, poisoned model) is null
+    checks.push_back(json{{"round", round}, {"val_loss", std::isfinite(loss) ? json(loss) : json(nullptr)}});
+  json rounds{{"round", json::array()},    {"sampled", json::array()},   {"failed", json::array()},
+              {"attackers", json::array()}, {"received", json::array()}, {"rejected", json::array()},
+              {"discarded", json::array()}, {"used", json::array()},     {"stepped", json::array()}};
+  for (const RoundRecord& r : s.fed.history) {
+    rounds["round"].push_back(r.round);
+    rounds["sampled"].push_back(r.sampled);
+    rounds["failed"].push_back(r.failed);
+    rounds["attackers"].push_back(r.attackers);
+    rounds["received"].push_back(r.received);
+    rounds["rejected"].push_back(r.rejected);
+    rounds["discarded"].push_back(r.discarded);
+    rounds["used"].push_back(r.used);
+    rounds["stepped"].push_back(r.stepped);
   }
-  return o;
+  return json{{"p", s.p},
+              {"opt_out", s.opt_out},
+              {"rounds", s.fed.rounds},
+              {"best_round", s.fed.best_round},
+              {"best_val_loss", s.fed.best_val_loss},
+              {"checks", checks},
+              {"per_round", rounds},
+              {"seconds", s.seconds}};
+}
+
+inline nlohmann::json row_json(const Row& r) {
+  nlohmann::json j{{"p", r.p},
+                   {"opt_out", r.opt_out},
+                   {"method", r.method},
+                   {"local_test_acc", r.local.mean},
+                   {"local_test_acc_std", r.local.std},
+                   {"global_test_acc", r.global.mean},
+                   {"global_test_acc_std", r.global.std},
+                   {"clients", r.local.n}};
+  if (r.group != "all") j["group"] = r.group;
+  if (r.mean_gate_local >= 0) {
+    j["mean_gate_local"] = r.mean_gate_local;
+    j["mean_gate_global"] = r.mean_gate_global;
+  }
+  return j;
 }
 
 template <class Runtime>
 void write_json(const Runtime& runtime, const std::string& path, const Options& o, const std::vector<Row>& rows,
                 const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+  using nlohmann::json;
+  json results = json::array(), groups = json::array(), federation = json::array();
+  for (const auto& r : rows) (r.group == "all" ? results : groups).push_back(row_json(r));
+  for (const auto& s : settings) federation.push_back(federation_json(s));
+  json timing{{"total_seconds", total_seconds}, {"peak_rss_mib", double(peak_kib) / 1024}, {"threads", o.threads}};
+  runtime.json_timing(timing);
+  const json doc{{"config", config_json(o)}, {"results", results}, {"groups", groups},
+                 {"federation", federation}, {"timing", timing}};
   std::ofstream f(path);
   FEDMOE_CHECK(f.good(), "fedmoe-paper: cannot write --json file '", path, "'");
-  f << std::setprecision(10);
-  f << "{\n  \"config\": {\"data\": \"" << json_escape(o.data) << "\", \"dataset\": \"" << o.dataset
-    << "\", \"model\": \"" << o.model << "\", \"clients\": " << o.clients << ", \"n_train\": " << o.n_train
-    << ", \"n_val\": " << o.n_val << ", \"n_test\": " << o.n_test << ", \"partition\": \"" << o.partition
-    << "\", \"alpha\": " << o.alpha << ", \"clients_per_round\": " << o.clients_per_round
-    << ", \"client_fraction\": " << o.client_fraction << ", \"rounds\": " << o.rounds
-    << ", \"check_every\": " << o.check_every << ", \"patience\": " << o.patience
-    << ", \"local_epochs\": " << o.local_epochs << ", \"batch\": " << o.batch << ", \"lr_fedavg\": " << o.lr_fedavg
-    << ", \"lr_specialist\": " << o.lr_specialist << ", \"lr_finetune\": " << o.lr_finetune
-    << ", \"lr_gate\": " << o.lr_gate << ", \"lr_expert\": " << o.lr_expert << ", \"max_epochs\": " << o.max_epochs
-    << ", \"epoch_check\": " << o.epoch_check << ", \"epoch_patience\": " << o.epoch_patience
-    << ", \"expert_init\": \"" << o.expert_init << "\", \"global_test\": " << o.global_test
-    << ", \"seed\": " << o.seed << ", \"threads\": " << o.threads << ", \"dropout\": " << o.dropout << "},\n";
-  f << "  \"results\": [\n";
-  bool first = true;
-  for (const auto& r : rows) {
-    if (r.group != "all") continue;
-    f << (first ? "" : ",\n") << "    {\"p\": " << r.p << ", \"opt_out\": " << r.opt_out << ", \"method\": \""
-      << r.method << "\", \"local_test_acc\": " << r.local.mean << ", \"local_test_acc_std\": " << r.local.std
-      << ", \"global_test_acc\": " << r.global.mean << ", \"global_test_acc_std\": " << r.global.std
-      << ", \"clients\": " << r.local.n;
-    if (r.mean_gate_local >= 0) f << ", \"mean_gate_local\": " << r.mean_gate_local;
-    f << "}";
-    first = false;
-  }
-  f << "\n  ],\n  \"groups\": [\n";
-  first = true;
-  for (const auto& r : rows) {
-    if (r.group == "all") continue;
-    f << (first ? "" : ",\n") << "    {\"p\": " << r.p << ", \"opt_out\": " << r.opt_out << ", \"group\": \""
-      << r.group << "\", \"method\": \"" << r.method << "\", \"local_test_acc\": " << r.local.mean
-      << ", \"local_test_acc_std\": " << r.local.std << ", \"global_test_acc\": " << r.global.mean
-      << ", \"global_test_acc_std\": " << r.global.std << ", \"clients\": " << r.local.n << "}";
-    first = false;
-  }
-  f << "\n  ],\n  \"federation\": [\n";
-  for (std::size_t i = 0; i < settings.size(); ++i) {
-    const auto& s = settings[i];
-    f << "    {\"p\": " << s.p << ", \"opt_out\": " << s.opt_out << ", \"rounds\": " << s.fed.rounds
-      << ", \"best_round\": " << s.fed.best_round << ", \"best_val_loss\": " << s.fed.best_val_loss
-      << ", \"seconds\": " << s.seconds << "}" << (i + 1 < settings.size() ? ",\n" : "\n");
-  }
-  f << "  ],\n  \"timing\": {\"total_seconds\": " << total_seconds << ", \"peak_rss_mib\": " << double(peak_kib) / 1024
-    << ", \"threads\": " << o.threads;
-  runtime.json_timing(f);
-  f << "}\n}\n";
+  f << doc.dump(2) << "\n";
+  f.flush();
+  FEDMOE_CHECK(f.good(), "fedmoe-paper: writing --json file '", path, "' failed");
 }
 
 inline void write_csv(const std::string& path, const std::vector<Row>& rows) {
@@ -327,7 +470,8 @@ inline void write_csv(const std::string& path, const std::vector<Row>& rows) {
 }
 
 // Accuracy against p per method, one panel per opt-out fraction, drawn by gnuplot.
-inline void write_plot(const std::string& path, const std::vector<Row>& rows, const std::vector<double>& opt_outs) {
+inline void write_plot(const Options& o, const std::string& path, const std::vector<Row>& rows,
+                       const std::vector<double>& opt_outs) {
   if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
     std::cerr << "fedmoe-paper: gnuplot not found (apt-get install gnuplot-nox); no plot written to " << path << "\n";
     return;
@@ -336,6 +480,7 @@ inline void write_plot(const std::string& path, const std::vector<Row>& rows, co
   std::filesystem::create_directories(dir);
   for (std::size_t k = 0; k < opt_outs.size(); ++k)
     for (const char* m : method_names) {
+      if (!wants(o, m)) continue;
       std::ofstream d(dir / ("d" + std::to_string(k) + "_" + m + ".dat"));
       for (const auto& r : rows)
         if (r.group == "all" && r.method == m && r.opt_out == opt_outs[k])
@@ -348,9 +493,13 @@ inline void write_plot(const std::string& path, const std::vector<Row>& rows, co
   g << "set xlabel 'majority fraction p'\nset ylabel 'local test accuracy %'\nset key bottom right\nset grid\n";
   for (std::size_t k = 0; k < opt_outs.size(); ++k) {
     g << "set title 'opt-out " << opt_outs[k] << "'\nplot ";
-    for (int m = 0; m < 4; ++m)
-      g << (m ? ", " : "") << "'" << (dir / ("d" + std::to_string(k) + "_" + method_names[m] + ".dat")).string()
-        << "' using 1:2:3 with yerrorlines title '" << method_names[m] << "'";
+    bool first = true;
+    for (const char* m : method_names) {
+      if (!wants(o, m)) continue;
+      g << (first ? "" : ", ") << "'" << (dir / ("d" + std::to_string(k) + "_" + m + ".dat")).string()
+        << "' using 1:2:3 with yerrorlines title '" << m << "'";
+      first = false;
+    }
     g << "\n";
   }
   g << "unset multiplot\n";
@@ -407,9 +556,9 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
       settings.push_back(run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share));
       progress.done();
       const auto& s = settings.back();
-      if (root) std::cerr << "p=" << p << " opt-out=" << out << ": FedAvg " << s.fed.rounds << " rounds (best " << s.fed.best_round
+      if (root) std::cerr << "p=" << p << " opt-out=" << out << ": " << o.strategy << " " << s.fed.rounds << " rounds (best " << s.fed.best_round
                 << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
-      for (auto& r : summarise(s)) rows.push_back(r);
+      for (auto& r : summarise(o, s)) rows.push_back(r);
     }
   const double total = std::chrono::duration<double>(Clock::now() - start).count();
   rusage ru{};
@@ -420,7 +569,7 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
             << " s; peak memory " << double(ru.ru_maxrss) / 1024 << " MiB\n";
   if (!o.json.empty()) write_json(runtime, o.json, o, rows, settings, total, ru.ru_maxrss);
   if (!o.csv.empty()) write_csv(o.csv, rows);
-  if (!o.plot.empty()) write_plot(o.plot, rows, o.opt_out);
+  if (!o.plot.empty()) write_plot(o, o.plot, rows, o.opt_out);
   return 0;
 }
 
@@ -452,7 +601,11 @@ inline void add_options(CLI::App& app, Options& o) {
   app.add_option("--round-patience", o.patience, "FedAvg early-stopping patience (checks)")->check(CLI::PositiveNumber);
   app.add_option("--local-epochs", o.local_epochs, "FedAvg local epochs")->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "mini-batch size")->check(CLI::PositiveNumber);
-  app.add_option("--lr-fedavg", o.lr_fedavg, "Adam learning rate of FedAvg clients")->check(CLI::PositiveNumber);
+  app.add_option("--lr-fedavg", o.lr_fedavg, "learning rate of the participants' local optimizer")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--local-optimizer", o.local_optimizer,
+                 "the participants' optimizer: adam | sgd (SCAFFOLD always runs SGD at --scaffold-lr)")
+      ->check(CLI::IsMember({"adam", "sgd"}));
   app.add_option("--lr-specialist", o.lr_specialist, "Adam learning rate of the specialist")->check(CLI::PositiveNumber);
   app.add_option("--lr-finetune", o.lr_finetune, "Adam learning rate of fine-tuning")->check(CLI::PositiveNumber);
   app.add_option("--lr-gate", o.lr_gate, "Adam learning rate of the mixture's gate")->check(CLI::PositiveNumber);
@@ -476,6 +629,45 @@ inline void add_options(CLI::App& app, Options& o) {
   app.add_option("--json", o.json, "write results as JSON");
   app.add_option("--csv", o.csv, "write results as CSV");
   app.add_option("--plot", o.plot, "write a plot (.png or .svg; needs gnuplot)");
+  // Federated strategy.
+  app.add_option("--strategy", o.strategy,
+                 "fedavg | fedavgm | fedadagrad | fedadam | fedyogi (server optimizers, Reddi et al. 2021) | "
+                 "fedprox | scaffold (client algorithms)")
+      ->check(CLI::IsMember(strategy_names));
+  app.add_option("--server-lr", o.server_lr,
+                 "server learning rate (0: 1 for fedavg/fedprox/scaffold, 0.1 for fedavgm, 1e-2 for the adaptive ones)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--server-momentum", o.server_momentum, "FedAvgM's server momentum")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--beta1", o.beta1, "first-moment decay of fedadagrad/fedadam/fedyogi")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--beta2", o.beta2, "second-moment decay of fedadam/fedyogi")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--tau", o.tau, "adaptivity tau of fedadagrad/fedadam/fedyogi")->check(CLI::PositiveNumber);
+  app.add_option("--prox-mu", o.prox_mu, "FedProx's proximal weight mu")->check(CLI::NonNegativeNumber);
+  app.add_option("--scaffold-lr", o.scaffold_lr, "SCAFFOLD's local SGD learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--aggregator", o.aggregator,
+                 "mean | median | trimmed-mean | krum | multi-krum | bulyan | geometric-median")
+      ->check(CLI::IsMember({"mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geometric-median"}));
+  app.add_option("--trim-fraction", o.trim_fraction, "trimmed mean: fraction cut at each end per coordinate")
+      ->check(CLI::Range(0.0, 0.5));
+  app.add_option("--byzantine-bound", o.byzantine_bound, "f, the attackers Krum/Multi-Krum/Bulyan tolerate per round")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--multi-krum-m", o.multi_krum_m, "Multi-Krum: updates averaged (0: n - f)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--clip-update-norm", o.clip_update_norm,
+                 "clip every update to this L2 norm before aggregating (norm bounding; 0: off)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--attack", o.attack, "simulated attack: none | sign-flip | scale | noise | label-flip | alie")
+      ->check(CLI::IsMember({"none", "sign-flip", "scale", "noise", "label-flip", "alie"}));
+  app.add_option("--attackers", o.attackers, "FRACTION of each round's sampled clients that attack")
+      ->check(CLI::Range(0.0, 0.99));
+  app.add_option("--attack-scale", o.attack_scale, "k of sign-flip (-k delta) and scale (k delta)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--attack-noise", o.attack_noise, "sigma of the noise attack")->check(CLI::PositiveNumber);
+  app.add_option("--client-failure", o.client_failure, "probability that a sampled client fails to return")
+      ->check(CLI::Range(0.0, 0.99));
+  app.add_option("--methods", o.methods,
+                 "methods to run and report: global specialist finetuned mixture (global alone skips personalisation)")
+      ->check(CLI::IsMember({"global", "specialist", "finetuned", "mixture"}))
+      ->expected(1, -1);
   app.add_flag("--full", o.full,
                "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
 }
@@ -495,6 +687,7 @@ inline void apply_full(Options& o) {
 /// throws fedmoe::Error on bad input.
 template <class Runtime>
 int run_experiment(const Runtime& runtime, const Options& o) {
+  validate_options(o);
   if (o.dataset != "npy" && !std::filesystem::exists(o.data)) {
     if (runtime.is_root())
       std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. Fashion-MNIST ships as the Debian "

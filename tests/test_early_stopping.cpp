@@ -245,10 +245,10 @@ double federated_val_loss(Mlp<float>& model, const std::vector<Client<float>>& c
   return sum / double(n);
 }
 
+auto rule_fedavg() { return fedavg<float>(3, LocalUpdateConfig{2, 5}, 2e-2); }
+
 FederationConfig rule_federation_config() {
   FederationConfig cfg;
-  cfg.clients_per_round = 3;
-  cfg.local = LocalUpdateConfig{2, 5, 2e-2};
   cfg.max_rounds = 60;
   cfg.check_every = 1;
   cfg.patience = 4;
@@ -266,7 +266,7 @@ TEST_CASE("train_federated restores the initial model when validation only gets 
   const double start_val = federated_val_loss(model, clients);
   InProcessTransport<float> transport;
   const FederationConfig cfg = rule_federation_config();
-  const FederationResult res = train_federated(model, clients, transport, cfg);
+  const FederationResult res = train_federated(model, clients, transport, cfg, rule_fedavg());
   CHECK(res.best_round == 0);
   CHECK(res.rounds == cfg.patience * cfg.check_every);
   CHECK(same_vector(model.parameters(), start));
@@ -284,7 +284,7 @@ TEST_CASE("train_federated restores the best averaged global model", "[early_sto
   Mlp<float> model = initial;
   InProcessTransport<float> transport;
   const FederationConfig cfg = rule_federation_config();
-  const FederationResult res = train_federated(model, clients, transport, cfg);
+  const FederationResult res = train_federated(model, clients, transport, cfg, rule_fedavg());
 
   INFO("rounds " << res.rounds << ", best round " << res.best_round << ", best val loss " << res.best_val_loss);
   REQUIRE(res.best_round > 0);
@@ -310,7 +310,7 @@ TEST_CASE("train_federated restores the best averaged global model", "[early_sto
     FederationConfig c = cfg;
     c.max_rounds = rounds;
     c.check_every = rounds + 1;
-    train_federated(m, clients, t, c);
+    train_federated(m, clients, t, c, rule_fedavg());
     return Vector<float>(m.parameters());
   };
   CHECK(same_vector(replay(res.best_round), model.parameters()));

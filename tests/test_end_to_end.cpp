@@ -31,14 +31,12 @@ TEST_CASE("end to end: the mixture matches or beats the global model and the spe
   Rng init_rng(4);
   global.init(init_rng);
   FederationConfig fcfg;
-  fcfg.clients_per_round = 4;
-  fcfg.local = LocalUpdateConfig{3, 10, 1e-3};
   fcfg.max_rounds = 40;
   fcfg.check_every = 5;
   fcfg.patience = 3;
   fcfg.seed = 5;
   InProcessTransport<float> transport;
-  const FederationResult fres = train_federated(global, clients, transport, fcfg);
+  const FederationResult fres = train_federated(global, clients, transport, fcfg, fedavg<float>(4, LocalUpdateConfig{3, 10}, 1e-3));
 
   std::vector<Index> global_test(static_cast<std::size_t>(test.size()));
   for (Index i = 0; i < test.size(); ++i) global_test[std::size_t(i)] = i;

@@ -22,7 +22,7 @@
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
-static_assert(Aggregator<FedAvg, float> && Aggregator<FedAvg, double>);
+static_assert(Aggregator<WeightedMean, float> && Aggregator<WeightedMean, double>);
 static_assert(Transport<InProcessTransport<float>, float> && Transport<InProcessTransport<double>, double>);
 
 namespace {
@@ -63,18 +63,26 @@ struct SmallFederation {
   MlpGate<float> gate() const { return mlp_gate<float>(Shape{dim, 1, 1}, 16); }
 };
 
-FederationConfig small_config(Index per_round, int rounds, std::size_t threads = 1) {
-  FederationConfig cfg;
-  cfg.clients_per_round = per_round;
-  cfg.max_rounds = rounds;
-  cfg.check_every = 2;
-  cfg.patience = 1000;  // run every round
-  cfg.local.epochs = 1;
-  cfg.local.batch_size = 10;
-  cfg.local.lr = 1e-2;
-  cfg.threads = threads;
-  cfg.seed = 3;
+/// FedAvg with `per_round` clients, 1 local epoch of Adam(1e-2) at batch 10, every round run.
+struct SmallConfig {
+  FederationConfig fed;
+  Index per_round = 2;
+};
+SmallConfig small_config(Index per_round, int rounds, std::size_t threads = 1) {
+  SmallConfig cfg;
+  cfg.per_round = per_round;
+  cfg.fed.max_rounds = rounds;
+  cfg.fed.check_every = 2;
+  cfg.fed.patience = 1000;  // run every round
+  cfg.fed.threads = threads;
+  cfg.fed.seed = 3;
   return cfg;
+}
+auto small_fedavg(Index per_round) { return fedavg<float>(per_round, LocalUpdateConfig{1, 10}, 1e-2); }
+template <class T, class... Progress>
+FederationResult train_small(Mlp<float>& model, const std::vector<Client<float>>& clients, T& transport,
+                             const SmallConfig& c, Progress&&... progress) {
+  return train_federated(model, clients, transport, c.fed, small_fedavg(c.per_round), progress...);
 }
 
 PersonalizeConfig small_personalize_config() {
@@ -107,92 +115,101 @@ std::vector<Index> iota_indices(Index n) {
 // 1. FedAvg
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("FedAvg equals the hand-computed sample-weighted mean", "[federated]") {
+TEST_CASE("the weighted mean equals the hand-computed sample-weighted mean of the deltas", "[federated]") {
   using S = double;
   Vector<S> a(4), b(4), c(4);
   a << 1.0, -2.0, 3.0, 0.5;
   b << 4.0, 0.0, -1.0, 2.0;
   c << -3.0, 8.0, 5.0, 1.0;
-  const std::vector<ClientUpdate<S>> updates{{10, a, 1}, {11, b, 2}, {12, c, 5}};
-  Vector<S> global = Vector<S>::Constant(4, 123.0);
-  FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(updates), global);
+  const std::vector<ClientUpdate<S>> updates{{10, a, 1, {}}, {11, b, 2, {}}, {12, c, 5, {}}};
+  Vector<S> out = Vector<S>::Constant(4, 123.0);
+  const AggregationReport report = WeightedMean{}.aggregate(std::span<const ClientUpdate<S>>(updates), out);
+  CHECK(report.ok);
+  CHECK(report.used == 3);
+  CHECK(report.rejected.empty());
   // (1 a + 2 b + 5 c) / 8, element by element: weights 1/8, 2/8, 5/8 are exact in binary.
   const double expected[4] = {(1.0 * 1 + 2.0 * 4 + 5.0 * -3) / 8, (1.0 * -2 + 2.0 * 0 + 5.0 * 8) / 8,
                               (1.0 * 3 + 2.0 * -1 + 5.0 * 5) / 8, (1.0 * 0.5 + 2.0 * 2 + 5.0 * 1) / 8};
   for (Index i = 0; i < 4; ++i) {
     INFO("coordinate " << i);
-    CHECK(global[i] == Approx(expected[i]).epsilon(1e-15));
+    CHECK(out[i] == Approx(expected[i]).epsilon(1e-15));
   }
   // An unweighted mean would differ: the weights matter.
-  CHECK(std::abs(global[0] - (a[0] + b[0] + c[0]) / 3) > 0.1);
-
-  // Random values: the weighted mean to double rounding.
-  Rng rng(4);
-  std::vector<ClientUpdate<S>> random_updates;
-  const Index counts[3] = {7, 30, 113};
-  for (int k = 0; k < 3; ++k) {
-    Vector<S> p(50);
-    for (Index i = 0; i < p.size(); ++i) p[i] = rng.uniform(-5.0, 5.0);
-    random_updates.push_back({k, p, counts[k]});
-  }
-  Vector<S> g(50);
-  FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(random_updates), g);
-  for (Index i = 0; i < 50; ++i) {
-    const double num = 7 * random_updates[0].parameters[i] + 30 * random_updates[1].parameters[i] +
-                       113 * random_updates[2].parameters[i];
-    CHECK(g[i] == Approx(num / 150.0).epsilon(1e-13).margin(1e-13));
-  }
+  CHECK(std::abs(out[0] - (a[0] + b[0] + c[0]) / 3) > 0.1);
 }
 
-TEST_CASE("FedAvg rejects bad updates without touching the global model", "[federated]") {
+TEST_CASE("the weighted mean rejects bad updates, names them, and averages the rest", "[federated]") {
   using S = double;
-  Vector<S> good = Vector<S>::Constant(4, 1.0);
-  const Vector<S> before = Vector<S>::LinSpaced(4, -1.0, 2.0);
-  Vector<S> global = before;
+  const Vector<S> good = Vector<S>::Constant(4, 1.0), other = Vector<S>::Constant(4, 3.0);
+  Vector<S> out = Vector<S>::Zero(4);
   auto aggregate = [&](const std::vector<ClientUpdate<S>>& ups) {
-    FedAvg{}.aggregate(std::span<const ClientUpdate<S>>(ups), global);
+    return WeightedMean{}.aggregate(std::span<const ClientUpdate<S>>(ups), out);
   };
-
-  SECTION("NaN") {
-    Vector<S> bad = good;
-    bad[2] = std::numeric_limits<S>::quiet_NaN();
-    CHECK_THROWS_WITH(aggregate({{0, good, 5}, {7, bad, 5}}), Contains("client 7") && Contains("non-finite"));
+  auto one = [](std::int64_t client, const Vector<S>& d, Index n) { return ClientUpdate<S>{client, d, n, {}}; };
+  Vector<S> nan = good, inf = good;
+  nan[2] = std::numeric_limits<S>::quiet_NaN();
+  inf[0] = -std::numeric_limits<S>::infinity();
+  struct Case {
+    const char* what;
+    ClientUpdate<S> bad;
+    Rejection reason;
+  };
+  const Case cases[] = {{"NaN", one(7, nan, 5), Rejection::non_finite},
+                        {"infinity", one(7, inf, 5), Rejection::non_finite},
+                        {"wrong size", one(7, Vector<S>::Constant(3, 1.0), 5), Rejection::wrong_size},
+                        {"zero samples", one(7, good, 0), Rejection::bad_weight}};
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const AggregationReport r = aggregate({one(0, good, 5), c.bad, one(9, other, 15)});
+    CHECK(r.ok);
+    CHECK(r.used == 2);
+    REQUIRE(r.rejected.size() == 1);
+    CHECK(r.rejected[0].client == 7);
+    CHECK(r.rejected[0].reason == c.reason);
+    for (Index i = 0; i < 4; ++i) CHECK(out[i] == Approx((1.0 * 5 + 3.0 * 15) / 20));
   }
-  SECTION("infinity") {
-    Vector<S> bad = good;
-    bad[0] = -std::numeric_limits<S>::infinity();
-    CHECK_THROWS_WITH(aggregate({{5, bad, 5}, {6, good, 5}}), Contains("client 5") && Contains("non-finite"));
-  }
-  SECTION("wrong size") {
-    CHECK_THROWS_WITH(aggregate({{0, good, 5}, {3, Vector<S>::Constant(3, 1.0), 5}}),
-                      Contains("client 3") && Contains("has 3 parameters") && Contains("expected 4"));
-  }
-  SECTION("zero samples") {
-    CHECK_THROWS_WITH(aggregate({{2, good, 0}, {4, good, 5}}),
-                      Contains("client 2") && Contains("0 samples") && Contains("expected > 0"));
-  }
-  SECTION("empty update list") {
-    CHECK_THROWS_WITH(aggregate({}), Contains("at least one client update") && Contains("got 0"));
-  }
-  CHECK(same_vector(global, before));
+  // Nothing valid: not ok, `out` unchanged.
+  out.setConstant(-2.0);
+  const AggregationReport none = aggregate({one(3, nan, 5)});
+  CHECK_FALSE(none.ok);
+  CHECK(none.rejected.size() == 1);
+  CHECK_THAT(none.note, Contains("no valid update"));
+  CHECK((out.array() == -2.0).all());
+  CHECK_FALSE(aggregate({}).ok);
 }
 
-TEST_CASE("the server rejects a NaN upload through the transport and keeps its global model", "[federated]") {
+TEST_CASE("the server drops a NaN upload through the transport and steps with the rest", "[federated]") {
   const Vector<float> initial = Vector<float>::LinSpaced(6, 0.0f, 1.0f);
   Server<float> server(initial);
   InProcessTransport<float> transport;
   server.publish(transport);
   Vector<float> bad = Vector<float>::Ones(6);
   bad[4] = std::numeric_limits<float>::quiet_NaN();
-  transport.upload({1, Vector<float>::Zero(6), 10});
-  transport.upload({9, bad, 10});
-  CHECK_THROWS_WITH(server.aggregate(transport), Contains("client 9"));
-  CHECK(same_vector(server.global(), initial));
-  // A good round afterwards works: the sample-weighted mean of the two uploads.
-  transport.upload({2, Vector<float>::Constant(6, 3.0f), 30});
-  transport.upload({1, Vector<float>::Constant(6, -1.0f), 10});
-  CHECK(server.aggregate(transport) == 2);
-  for (Index i = 0; i < 6; ++i) CHECK(server.global()[i] == Approx((3.0 * 30 - 1.0 * 10) / 40));
+  transport.upload({9, bad, 10, {}});
+  std::vector<ClientUpdate<float>> only_bad = transport.collect();
+  const AggregationReport r0 = server.step(only_bad, 0);
+  CHECK_FALSE(r0.ok);
+  REQUIRE(r0.rejected.size() == 1);
+  CHECK(r0.rejected[0].client == 9);
+  CHECK(same_vector(server.global(), initial));  // no valid update: no step
+  // FedAvg's server step (SGD, lr 1, on the pseudo-gradient -Delta): x + the weighted mean of the deltas.
+  transport.upload({2, Vector<float>::Constant(6, 3.0f), 30, {}});
+  transport.upload({1, Vector<float>::Constant(6, -1.0f), 10, {}});
+  transport.upload({5, bad, 10, {}});
+  std::vector<ClientUpdate<float>> updates = transport.collect();
+  const AggregationReport r = server.step(updates, 0);
+  CHECK(r.ok);
+  CHECK(r.used == 2);
+  CHECK(r.rejected.size() == 1);
+  CHECK(server.accepted(updates).size() == 2);
+  for (Index i = 0; i < 6; ++i) CHECK(server.global()[i] == Approx(initial[i] + (3.0 * 30 - 1.0 * 10) / 40));
+  // An update with extras the algorithm does not exchange is rejected too.
+  transport.upload({4, Vector<float>::Ones(6), 10, {Vector<float>::Ones(6)}});
+  std::vector<ClientUpdate<float>> with_extras = transport.collect();
+  const AggregationReport r2 = server.step(with_extras, 0);
+  CHECK_FALSE(r2.ok);
+  REQUIRE(r2.rejected.size() == 1);
+  CHECK(r2.rejected[0].reason == Rejection::wrong_extras);
   CHECK_THROWS_WITH(server.set_global(Vector<float>::Zero(5)), Contains("expected 6") && Contains("got 5"));
 }
 
@@ -212,13 +229,13 @@ TEST_CASE("opted-out clients' data and parameters never reach the server", "[fed
   std::vector<Upload> uploads;  // the observers run under the transport's lock
   std::vector<ValidationReport> reports;
   InProcessTransport<float> transport(
-      [&](const ClientUpdate<float>& u) { uploads.push_back({u.client, u.parameters.size(), u.num_samples}); },
+      [&](const ClientUpdate<float>& u) { uploads.push_back({u.client, u.delta.size(), u.num_samples}); },
       [&](const ValidationReport& r) { reports.push_back(r); });
 
   const Index per_round = 3;
   const int rounds = 6;
   std::vector<std::size_t> uploads_after_round;
-  const FederationResult result = train_federated(model, f.clients, transport, small_config(per_round, rounds, 2),
+  const FederationResult result = train_small(model, f.clients, transport, small_config(per_round, rounds, 2),
                                                   [&](int, int, double) { uploads_after_round.push_back(uploads.size()); });
 
   REQUIRE(result.rounds == rounds);
@@ -266,21 +283,23 @@ TEST_CASE("an opted-out client refuses to participate or report", "[federated]")
   Rng rng(1);
   const Client<float>& out = f.clients[3];
   REQUIRE(out.opted_out());
-  CHECK_THROWS_WITH(out.participate(transport, workspace, LocalUpdateConfig{}, rng),
+  const auto algorithm = small_fedavg(1).algorithm;
+  NoClientState state;
+  CHECK_THROWS_WITH(out.participate(transport, workspace, algorithm, state, rng),
                     Contains("Client 3") && Contains("opted out"));
   CHECK_THROWS_WITH(out.report_validation(transport, workspace), Contains("Client 3") && Contains("opted out"));
   CHECK(sent == 0);
   // An opted-in client does send (so the count above can move).
-  f.clients[2].participate(transport, workspace, LocalUpdateConfig{1, 10, 1e-3}, rng);
+  f.clients[2].participate(transport, workspace, algorithm, state, rng);
   f.clients[2].report_validation(transport, workspace);
   CHECK(sent == 2);
 
   // The federation needs opted-in clients, and at most that many per round.
   const SmallFederation all_out(3, {0, 1, 2});
   Mlp<float> model = all_out.model();
-  CHECK_THROWS_WITH(train_federated(model, all_out.clients, transport, small_config(1, 1)),
+  CHECK_THROWS_WITH(train_small(model, all_out.clients, transport, small_config(1, 1)),
                     Contains("did not opt out") && Contains("got 0 of 3"));
-  CHECK_THROWS_WITH(train_federated(model, f.clients, transport, small_config(5, 1)),
+  CHECK_THROWS_WITH(train_small(model, f.clients, transport, small_config(5, 1)),
                     Contains("[1, 4]") && Contains("got 5"));
 }
 
@@ -292,14 +311,16 @@ TEST_CASE("a client refuses a broadcast of the wrong size instead of resizing it
   InProcessTransport<float> transport([&](const ClientUpdate<float>&) { ++sent; },
                                       [&](const ValidationReport&) { ++sent; });
   Rng rng(1);
+  const auto algorithm = small_fedavg(1).algorithm;
+  NoClientState state;
   // Nothing broadcast yet: an empty global model (assigning it would empty the workspace).
-  CHECK_THROWS_WITH(f.clients[0].participate(transport, workspace, LocalUpdateConfig{}, rng),
+  CHECK_THROWS_WITH(f.clients[0].participate(transport, workspace, algorithm, state, rng),
                     Contains("Client 0") && Contains("expected a broadcast global model of " + std::to_string(n)) &&
                         Contains("got 0"));
   CHECK_THROWS_WITH(f.clients[1].report_validation(transport, workspace),
                     Contains("Client 1") && Contains(std::to_string(n)) && Contains("got 0"));
   transport.broadcast(Vector<float>::Zero(n + 1));
-  CHECK_THROWS_WITH(f.clients[2].participate(transport, workspace, LocalUpdateConfig{}, rng),
+  CHECK_THROWS_WITH(f.clients[2].participate(transport, workspace, algorithm, state, rng),
                     Contains("Client 2") && Contains("got " + std::to_string(n + 1)));
   CHECK(workspace.parameters().size() == n);
   CHECK(sent == 0);
@@ -314,9 +335,9 @@ TEST_CASE("personalisation uploads nothing and the specialist and gate never equ
   Mlp<float> model = f.model();
   std::vector<Vector<float>> uploaded;
   std::size_t reports = 0;
-  InProcessTransport<float> transport([&](const ClientUpdate<float>& u) { uploaded.push_back(u.parameters); },
+  InProcessTransport<float> transport([&](const ClientUpdate<float>& u) { uploaded.push_back(u.delta); },
                                       [&](const ValidationReport&) { ++reports; });
-  train_federated(model, f.clients, transport, small_config(2, 4));
+  train_small(model, f.clients, transport, small_config(2, 4));
   const std::size_t fed_uploads = uploaded.size(), fed_reports = reports;
   REQUIRE(fed_uploads == 8);
 
@@ -365,9 +386,9 @@ TEST_CASE("train_federated is bitwise identical for any thread count", "[federat
       uploaders.insert(std::this_thread::get_id());
       std::this_thread::sleep_for(std::chrono::milliseconds(4));
     });
-    FederationConfig cfg = small_config(4, 5, threads);
-    cfg.seed = seed;
-    const FederationResult r = train_federated(model, f.clients, transport, cfg);
+    SmallConfig cfg = small_config(4, 5, threads);
+    cfg.fed.seed = seed;
+    const FederationResult r = train_small(model, f.clients, transport, cfg);
     return std::make_pair(Vector<float>(model.parameters()), r);
   };
   const auto [p1, r1] = run(1, 3);
@@ -391,7 +412,7 @@ TEST_CASE("personalize with the same seed gives an identical ClientResult", "[fe
   const SmallFederation f(4, {});
   Mlp<float> model = f.model();
   InProcessTransport<float> transport;
-  train_federated(model, f.clients, transport, small_config(2, 2));
+  train_small(model, f.clients, transport, small_config(2, 2));
   const std::vector<Index> global_test = iota_indices(f.test.size());
   const PersonalizeConfig pc = small_personalize_config();
   auto run = [&](std::uint64_t workspace_seed, std::uint64_t seed) {
@@ -450,10 +471,10 @@ TEST_CASE("without validation data the federation runs every round and keeps the
   }
   Mlp<float> model = f.model();
   InProcessTransport<float> transport;
-  FederationConfig cfg = small_config(2, 7);
-  cfg.check_every = 1;
-  cfg.patience = 1;  // with NaN losses counted as "no improvement" this would stop after 1 check
-  const FederationResult r = train_federated(model, no_val, transport, cfg);
+  SmallConfig cfg = small_config(2, 7);
+  cfg.fed.check_every = 1;
+  cfg.fed.patience = 1;  // with NaN losses counted as "no improvement" this would stop after 1 check
+  const FederationResult r = train_small(model, no_val, transport, cfg);
   CHECK(r.rounds == 7);
   CHECK(r.best_round == 0);
 }
@@ -463,6 +484,6 @@ TEST_CASE("train_federated rejects client ids outside the random-stream range", 
   std::vector<Client<float>> clients{Client<float>(std::int64_t(1) << 20, f.train, f.clients[0].split(), false)};
   Mlp<float> model = f.model();
   InProcessTransport<float> transport;
-  CHECK_THROWS_WITH(train_federated(model, clients, transport, small_config(1, 1)),
+  CHECK_THROWS_WITH(train_small(model, clients, transport, small_config(1, 1)),
                     Contains("client ids in [0, 2^20)") && Contains("got 1048576"));
 }

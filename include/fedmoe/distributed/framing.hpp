@@ -41,8 +41,8 @@ namespace fedmoe {
 
 /// What a frame carries.
 enum class FrameKind : std::uint16_t {
-  global = 1,  ///< the global parameters (server -> clients)
-  update = 2,  ///< a client's locally trained parameters; aux = training samples
+  global = 1,  ///< the global parameters, then the algorithm's extras (server -> clients); aux = extras
+  update = 2,  ///< a client's update: its delta, then its extra vectors; aux = training samples
   report = 3,  ///< a client's validation loss sum (one double); aux = validation samples
   count = 4,   ///< announces how many frames follow; aux = that number, no payload
   value = 5,   ///< one double decided by the server (e.g. the validation loss)

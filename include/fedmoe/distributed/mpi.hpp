@@ -8,7 +8,7 @@
 ///
 /// | call                | rank 0 (server)                              | client ranks                          |
 /// |---------------------|----------------------------------------------|---------------------------------------|
-/// | `broadcast(g)`      | sends `g` (one `global` frame, MPI_Bcast)    | receive it; `global()` returns it     |
+/// | `broadcast(g, e)`   | sends `g` and extras (one `global` frame)    | receive them: `global()`, `extras()`  |
 /// | `upload(u)`         | refused (hosts no client)                    | queued locally (thread-safe)          |
 /// | `collect()`         | receives every rank's updates, sorted by id  | send a `count` frame, then the queue  |
 /// | `report(r)`         | refused                                      | queued locally                        |
@@ -16,17 +16,19 @@
 /// | `share(v)`          | sends `v`                                    | receive and return rank 0's `v`       |
 /// | `gather_results(r)` | receives the hosted clients' metrics         | send their ClientResult metrics       |
 ///
-/// What crosses the wire is exactly what the federation needs: the global parameters down;
-/// up, the participating clients' updates with their sample counts and the validation-loss
+/// What crosses the wire is exactly what the federation needs: the global parameters (and the
+/// client algorithm's extra vectors, e.g. SCAFFOLD's c) down; up, the participating clients'
+/// updates (delta and extras) with their sample counts and the validation-loss
 /// reports of the opted-in clients. Opted-out clients send nothing (Client refuses); specialist
 /// and gate parameters never leave their rank (no call accepts them). After training,
 /// `gather_results` sends each client's ClientResult to rank 0: evaluation METRICS only
 /// (accuracies, mean gate values, early-stopping summaries), never model parameters.
 ///
 /// Every message is a frame (distributed/framing.hpp) with a length and a CRC-32; a truncated,
-/// corrupted, mismatched (wrong kind, element type or parameter count) or misrouted message
-/// (an update for a client the sending rank does not host) throws fedmoe::Error naming the
-/// rank. The other ranks are then blocked in a collective: a program should report the error
+/// corrupted, mismatched (wrong kind or element type, a broadcast of the wrong size) or misrouted
+/// message (an update for a client the sending rank does not host) throws fedmoe::Error naming the
+/// rank. An update of the wrong length is not a framing error: it reaches the server, which
+/// rejects and reports it like any hostile update. The other ranks are then blocked in a collective: a program should report the error
 /// and call MPI_Abort (MpiSession::abort), as fedmoe-paper-mpi does.
 ///
 /// MPI is called from the thread that runs `train_federated` only (uploads from worker threads
@@ -100,29 +102,50 @@ public:
   int owner(std::int64_t client) const { return 1 + int(client % std::int64_t(m_size - 1)); }
   bool owns(std::int64_t client) const { return client >= 0 && owner(client) == m_rank; }
 
-  /// Collective. Rank 0 sends `global`; the other ranks check it against the size of their
-  /// `global` (their replica) and keep it for `global()`.
-  void broadcast(const Vector<Scalar>& global) {
+  /// Collective. Rank 0 sends `global` followed by the algorithm's `extras` (one `global` frame of
+  /// P (1 + E) values, aux = E); the other ranks check it against the size of their `global` (their
+  /// replica) and keep both for `global()` and `extras()`.
+  void broadcast(const Vector<Scalar>& global, const std::vector<Vector<Scalar>>& extras = {}) {
+    const Index p = global.size();
     if (is_server()) {
       m_global = global;
-      auto frame = encode_frame(FrameKind::global, -1, 0, std::span<const Scalar>(global.data(), global.size()));
+      m_extras = extras;
+      std::vector<Scalar> payload(global.data(), global.data() + p);
+      for (const auto& e : extras) {
+        FEDMOE_CHECK(e.size() == p, "MpiTransport::broadcast: an extra vector of ", e.size(), " values, expected ", p,
+                     " (the global model's size)");
+        payload.insert(payload.end(), e.data(), e.data() + p);
+      }
+      auto frame = encode_frame(FrameKind::global, -1, std::int64_t(extras.size()), std::span<const Scalar>(payload));
       bcast_bytes(&frame);
     } else {
       std::vector<std::byte> frame;
       bcast_bytes(&frame);
-      const FrameView f = check_frame<Scalar>(frame, FrameKind::global, global.size(), "rank 0");
-      m_global.resize(Index(f.header.count));
-      f.copy_to(std::span<Scalar>(m_global.data(), std::size_t(m_global.size())));
+      const FrameView f = check_frame<Scalar>(frame, FrameKind::global, -1, "rank 0");
+      const std::int64_t e = f.header.aux;
+      FEDMOE_CHECK(e >= 0 && e < 1024 && f.header.count == std::int64_t(p) * (1 + e), "message from rank 0: a '",
+                   "global' message of ", f.header.count, " elements with ", e, " extra vectors, expected ", p,
+                   " x (1 + extras) elements (the replica has ", p, " parameters)");
+      std::vector<Scalar> all(std::size_t(f.header.count));
+      f.copy_to(std::span<Scalar>(all));
+      m_global = Eigen::Map<const Vector<Scalar>>(all.data(), p);
+      m_extras.resize(std::size_t(e));
+      for (std::int64_t k = 0; k < e; ++k)
+        m_extras[std::size_t(k)] = Eigen::Map<const Vector<Scalar>>(all.data() + (k + 1) * p, p);
     }
   }
   const Vector<Scalar>& global() const { return m_global; }
+  const std::vector<Vector<Scalar>>& extras() const { return m_extras; }
 
+  /// Queues the update as one `update` frame: delta then its extras (P (1 + E) values), aux = samples.
   void upload(ClientUpdate<Scalar> update) {
     FEDMOE_CHECK(owns(update.client), "MpiTransport::upload on rank ", m_rank, ": client ", update.client,
                  " lives on rank ", update.client >= 0 ? owner(update.client) : -1);
+    std::vector<Scalar> payload(update.delta.data(), update.delta.data() + update.delta.size());
+    for (const auto& e : update.extras) payload.insert(payload.end(), e.data(), e.data() + e.size());
     std::lock_guard lock(m_mutex);
     m_outbox.push_back(encode_frame(FrameKind::update, update.client, std::int64_t(update.num_samples),
-                                    std::span<const Scalar>(update.parameters.data(), update.parameters.size())));
+                                    std::span<const Scalar>(payload)));
   }
 
   /// Collective. Rank 0 returns every update sent since the last collect, sorted by client id;
@@ -133,11 +156,19 @@ public:
       send_outbox();
       return out;
     }
-    // The expected count is the broadcast global model's size: a wrong-shape update is refused.
-    receive_all(FrameKind::update, m_global.size(), [&](const FrameView& f, int from) {
+    // A payload of P (1 + E) values splits into the delta and E extras; any other length arrives as a
+    // delta of that length, which the server then rejects as wrong-size (a hostile update is
+    // dropped and reported, never fatal). Framing errors (corruption, truncation) still throw.
+    const Index p = m_global.size();
+    receive_all(FrameKind::update, -1, [&](const FrameView& f, int from) {
       check_routing(f, from);
-      ClientUpdate<Scalar> u{f.header.client, Vector<Scalar>(Index(f.header.count)), Index(f.header.aux)};
-      f.copy_to(std::span<Scalar>(u.parameters.data(), std::size_t(u.parameters.size())));
+      std::vector<Scalar> all(std::size_t(f.header.count));
+      f.copy_to(std::span<Scalar>(all));
+      const Index n = Index(all.size());
+      const bool split = p > 0 && n >= p && n % p == 0;
+      ClientUpdate<Scalar> u{f.header.client, Eigen::Map<const Vector<Scalar>>(all.data(), split ? p : n),
+                             Index(f.header.aux), {}};
+      for (Index k = 1; split && k < n / p; ++k) u.extras.emplace_back(Eigen::Map<const Vector<Scalar>>(all.data() + k * p, p));
       out.push_back(std::move(u));
     });
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.client < b.client; });
@@ -307,6 +338,7 @@ private:
   MPI_Comm m_comm;
   int m_rank = 0, m_size = 0;
   Vector<Scalar> m_global;
+  std::vector<Vector<Scalar>> m_extras;
   std::vector<std::vector<std::byte>> m_outbox;
   std::mutex m_mutex;
 };

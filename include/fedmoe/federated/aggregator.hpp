@@ -1,15 +1,32 @@
 #pragma once
 /// @file aggregator.hpp
-/// @brief ClientUpdate, the Aggregator concept, and FedAvg.
+/// @brief ClientUpdate (what a client sends up), AggregationReport (what the server learns of a
+/// round's updates) and the Aggregator concept: a pure reduction of one round's updates.
 ///
-/// FedAvg (McMahan et al. 2017): w <- sum_k n_k w_k / sum_k n_k over the updates of the
-/// round, in the order given (the server sorts by client id, so the floating-point sum
-/// is the same whatever the thread count). An update with the wrong size or a non-finite
-/// value is rejected with an error naming the client, before the global model is touched.
+/// An aggregator reduces the round's model deltas (w_local - w_global) to one delta:
+///
+///     report = aggregator.aggregate(updates, out);   // out.size() on entry: the model size P
+///
+/// Contract, shared by every aggregator in federated/aggregators/:
+/// - It never throws on a hostile update. An update with the wrong size, a non-finite value
+///   (NaN/inf), a non-positive sample count or the wrong number of extra vectors is **rejected**
+///   (listed in `report.rejected` with the reason) and the round proceeds with the rest.
+/// - A robust rule that leaves updates out (Krum, trimmed mean's whole-update variants, Bulyan)
+///   lists them in `report.discarded`; coordinate-wise rules (median, trimmed mean), which use a
+///   part of every update, discard none.
+/// - If nothing can be aggregated (no valid update, or fewer than the rule needs), `report.ok` is
+///   false, `report.note` says why, and `out` is left unchanged: the server skips its step.
+/// - The result depends only on the updates and their order (the server passes them sorted by
+///   client id), never on threads or timing: bitwise reproducible.
+/// Misconfiguration (a negative trim fraction, f < 0) is a programming error and throws at
+/// construction, before any round.
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
-#include <algorithm>
+#include <optional>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -19,71 +36,85 @@ namespace fedmoe {
 /// What a participating client sends up after local training: nothing else crosses.
 template <class Scalar>
 struct ClientUpdate {
-  std::int64_t client = -1;   ///< sender id
-  Vector<Scalar> parameters;  ///< the locally trained copy of the GLOBAL model
-  Index num_samples = 0;      ///< training samples behind the update (FedAvg weight)
+  std::int64_t client = -1;            ///< sender id
+  Vector<Scalar> delta;                ///< w_local - w_global: the locally trained change of the GLOBAL model
+  Index num_samples = 0;               ///< training samples behind the update (the mean's weight)
+  std::vector<Vector<Scalar>> extras;  ///< algorithm-defined vectors of the model's size (SCAFFOLD: delta c_i)
+};
+
+/// Why an update was not used.
+enum class Rejection : std::uint8_t {
+  wrong_size,    ///< delta (or an extra) has another length than the global model
+  non_finite,    ///< NaN or inf anywhere in delta or an extra
+  bad_weight,    ///< num_samples <= 0
+  wrong_extras,  ///< another number of extra vectors than the algorithm exchanges
+};
+inline const char* to_string(Rejection r) {
+  switch (r) {
+    case Rejection::wrong_size: return "wrong_size";
+    case Rejection::non_finite: return "non_finite";
+    case Rejection::bad_weight: return "bad_weight";
+    case Rejection::wrong_extras: return "wrong_extras";
+  }
+  return "unknown";
+}
+
+struct RejectedUpdate {
+  std::int64_t client = -1;
+  Rejection reason = Rejection::wrong_size;
+};
+
+/// What an aggregation did with a round's updates.
+struct AggregationReport {
+  bool ok = false;                          ///< false: nothing aggregated, `out` unchanged (see note)
+  Index used = 0;                           ///< updates that entered the result (fully or coordinate-wise)
+  std::vector<RejectedUpdate> rejected;     ///< malformed updates, never used
+  std::vector<std::int64_t> discarded;      ///< well-formed updates a robust rule left out (outliers)
+  std::string note;                         ///< why ok is false (empty otherwise)
 };
 
 template <class A, class Scalar = float>
-concept Aggregator = requires(A agg, std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& global) {
-  agg.aggregate(updates, global);
+concept Aggregator = requires(A agg, std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& out) {
+  { agg.aggregate(updates, out) } -> std::same_as<AggregationReport>;
 };
 
-/// Sample-count-weighted federated averaging.
-///
-/// One fused pass: for each block of the vector, acc = sum_k w_k u_k[block] in update order
-/// (the same per-element order as N separate passes, so bitwise the same result), four updates
-/// per sweep of the block, written to a scratch vector that is swapped with `global` at the end.
-/// Updates are read once and the global vector written once. A non-finite value in any update
-/// makes its block's sum non-finite (the weights are positive), so only the sums are checked; a
-/// bad block is then rescanned to name the client. On error `global` is untouched.
-struct FedAvg {
-  // 64 KiB of floats: the block's sum stays in L2 while each update is read as one long stream per block
-  // (short 8 KiB streams, switching between 100 updates, left the hardware prefetchers idle).
-  static constexpr Index block = 16384;
+namespace detail {
+/// True iff every element is finite, as one vectorised reduction: x - x is +0 exactly for a
+/// finite x and NaN otherwise (Eigen's allFinite() is an element-by-element early-exit loop).
+template <class V>
+bool all_finite(const V& v) {
+  return (v.array() - v.array()).sum() == typename V::Scalar(0);
+}
 
-  template <class Scalar>
-  void aggregate(std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& global) const {
-    FEDMOE_CHECK(!updates.empty(), "FedAvg: expected at least one client update, got 0");
-    double total = 0;
-    for (const auto& u : updates) {
-      FEDMOE_CHECK(u.parameters.size() == global.size(), "FedAvg: update from client ", u.client, " has ",
-                   u.parameters.size(), " parameters, expected ", global.size());
-      FEDMOE_CHECK(u.num_samples > 0, "FedAvg: update from client ", u.client, " claims ", u.num_samples,
-                   " samples, expected > 0");
-      total += double(u.num_samples);
-    }
-    thread_local Vector<Scalar> next;  // reused: sized once per model size
-    next.resize(global.size());
-    const Index n = global.size();
-    for (Index start = 0; start < n; start += block) {
-      const Index len = std::min(block, n - start);
-      auto acc = next.segment(start, len);
-      acc.setZero();
-      // Four updates per sweep of the block: acc = (((acc + w0 u0) + w1 u1) + w2 u2) + w3 u3 rounds after
-      // every product and every sum exactly as four separate `acc += w u` sweeps (same operations, same
-      // order: bitwise the same), but reads and writes acc once instead of four times and keeps four
-      // memory streams in flight, which is what a single core needs to approach the copy bandwidth.
-      const auto weight = [&](std::size_t k) { return Scalar(double(updates[k].num_samples) / total); };
-      const auto part = [&](std::size_t k) { return updates[k].parameters.segment(start, len); };
-      std::size_t k = 0;
-      for (; k + 4 <= updates.size(); k += 4)
-        acc = (((acc + weight(k) * part(k)) + weight(k + 1) * part(k + 1)) + weight(k + 2) * part(k + 2)) +
-              weight(k + 3) * part(k + 3);
-      for (; k < updates.size(); ++k) acc.noalias() += weight(k) * part(k);
-      // Finite check as one vectorized reduction: x - x is +0 exactly for a finite x and NaN otherwise, so
-      // the sum is 0 iff every element is finite (Eigen's allFinite() is an element-by-element early-exit loop,
-      // which cost as much as the averaging itself on cache-resident vectors).
-      if (!((acc - acc).sum() == Scalar(0))) [[unlikely]] {
-        for (const auto& u : updates)
-          FEDMOE_CHECK(u.parameters.segment(start, len).allFinite(), "FedAvg: update from client ", u.client,
-                       " contains non-finite values (NaN or inf); expected finite parameters. Update rejected.");
-        FEDMOE_FAIL("FedAvg: the weighted sum overflowed to a non-finite value in parameters [", start, ", ",
-                    start + len, "); expected finite parameters. Round rejected.");
-      }
-    }
-    global.swap(next);
+/// Why `u` cannot be aggregated into a model of `size` parameters with `extras` extra vectors, if at all.
+template <class Scalar>
+std::optional<Rejection> check_update(const ClientUpdate<Scalar>& u, Index size, std::size_t extras) {
+  if (u.delta.size() != size) return Rejection::wrong_size;
+  if (u.num_samples <= 0) return Rejection::bad_weight;
+  if (u.extras.size() != extras) return Rejection::wrong_extras;
+  for (const auto& e : u.extras)
+    if (e.size() != size) return Rejection::wrong_size;
+  if (!all_finite(u.delta)) return Rejection::non_finite;
+  for (const auto& e : u.extras)
+    if (!all_finite(e)) return Rejection::non_finite;
+  return std::nullopt;
+}
+
+/// Splits `updates` into the indices of well-formed ones (in order) and the rejected, appended to `report`.
+/// Aggregators of the deltas alone pass extras = the count the updates carry (they ignore extras);
+/// the server screens the extras against the algorithm's count before aggregating.
+template <class Scalar>
+std::vector<std::size_t> screen_updates(std::span<const ClientUpdate<Scalar>> updates, Index size,
+                                        AggregationReport& report) {
+  std::vector<std::size_t> valid;
+  valid.reserve(updates.size());
+  for (std::size_t k = 0; k < updates.size(); ++k) {
+    const auto& u = updates[k];
+    if (auto why = check_update(u, size, u.extras.size())) report.rejected.push_back({u.client, *why});
+    else valid.push_back(k);
   }
-};
+  return valid;
+}
+}  // namespace detail
 
 }  // namespace fedmoe

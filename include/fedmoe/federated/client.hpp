@@ -4,7 +4,8 @@
 /// side of the protocol.
 ///
 /// A client talks to the server only through a Transport: it reads the broadcast global
-/// parameters, and - only if it has not opted out - uploads a locally trained copy of them.
+/// parameters (and the algorithm's extra vectors), and - only if it has not opted out - uploads
+/// the change its client algorithm made to them.
 /// An opted-out client may download the global model but never sends anything
 /// (participate() and report_validation() refuse). The client's specialist and gate are
 /// not members here: they are created and kept by personalisation (federated/personalize.hpp)
@@ -12,18 +13,11 @@
 #include <cstdint>
 
 #include "../data/partition.hpp"
-#include "../optimizers/adam.hpp"
 #include "../training/trainer.hpp"
+#include "local_training.hpp"
 #include "transport.hpp"
 
 namespace fedmoe {
-
-/// Local-training settings of a FedAvg participant (paper: 3 epochs, batch 10, Adam).
-struct LocalUpdateConfig {
-  int epochs = 3;
-  Index batch_size = 10;
-  double lr = 1e-3;
-};
 
 template <class Scalar = float>
 class Client {
@@ -39,17 +33,20 @@ public:
   const ClientSplit& split() const { return m_split; }
   const Dataset<Scalar>& train_data() const { return *m_data; }
 
-  /// FedAvg participation: trains `workspace` (any model of the global architecture) from the
-  /// broadcast global parameters with a fresh Adam, and uploads the result with the sample count.
-  template <Model M, Transport<Scalar> T>
-  void participate(T& transport, M& workspace, const LocalUpdateConfig& config, Rng& rng) const {
+  /// Participation in a round: runs the client algorithm (local_training.hpp) on `workspace` (any
+  /// model of the global architecture) from the broadcast global model and its extras, with the
+  /// client's own persistent `state`, and uploads the update. `flip_labels` makes it a simulated
+  /// label-flipping attacker (attacks.hpp). The state never reaches the transport.
+  template <Model M, Transport<Scalar> T, class Algorithm>
+  void participate(T& transport, M& workspace, const Algorithm& algorithm, typename Algorithm::State& state,
+                   Rng& rng, bool flip_labels = false) const {
     FEDMOE_CHECK(!m_opt_out, "Client ", m_id, " opted out of the federation: it never sends updates");
     check_broadcast(transport.global(), workspace.num_params());
-    workspace.parameters() = transport.global();
-    Adam<Scalar> opt(config.lr);
-    Batcher<Scalar> batcher(*m_data, m_split.train, config.batch_size);
-    for (int e = 0; e < config.epochs; ++e) train_epoch(workspace, opt, batcher, rng);
-    transport.upload(ClientUpdate<Scalar>{m_id, workspace.parameters(), Index(m_split.train.size())});
+    const GlobalView<Scalar> global{transport.global(), std::span<const Vector<Scalar>>(transport.extras())};
+    ClientUpdate<Scalar> update =
+        algorithm.train(workspace, global, LocalData<Scalar>{*m_data, m_split.train, flip_labels}, state, rng);
+    update.client = m_id;
+    transport.upload(std::move(update));
   }
 
   /// Reports the broadcast global model's validation loss on this client's validation set.

@@ -1,47 +1,72 @@
 #pragma once
 /// @file federation.hpp
-/// @brief train_federated: FedAvg rounds with client sampling, opt-out, parallel clients,
-/// and early stopping that restores the best **global** model.
+/// @brief train_federated: one loop over a Strategy (client sampler, client algorithm, aggregator,
+/// server optimizer), with opt-out, simulated attacks and failures, parallel clients, and early
+/// stopping that restores the best **global** model.
 ///
-/// Each round: the server publishes the global parameters; `clients_per_round` of the
-/// opted-in clients are sampled without replacement; each trains a copy locally and
-/// uploads it; the server averages the uploads weighted by sample count (in client-id
-/// order). Every `check_every` rounds the opted-in clients report the global model's
-/// validation loss; the averaged global parameters with the lowest loss are kept (a copy)
-/// and restored at the end; training stops after `patience` checks without improvement
-/// or at `max_rounds`.
+/// A Strategy is four small types, each with its own header and contract (Flower splits a strategy
+/// into configure / aggregate / evaluate; here each of those seams is a type):
 ///
-/// Without validation data on any opted-in client, all max_rounds run and the last model is kept.
+/// | part             | concept / header                       | examples                                    |
+/// |------------------|----------------------------------------|---------------------------------------------|
+/// | sampler          | ClientSampler, sampler.hpp             | UniformSampler(m), PoissonSampler(q)        |
+/// | client algorithm | local_training.hpp                     | LocalTraining, FedProx, Scaffold            |
+/// | aggregator       | Aggregator, aggregator.hpp             | WeightedMean, CoordinateMedian, Krum, ...   |
+/// | server optimizer | Optimizer, server_optimizer.hpp        | Sgd(1) = FedAvg, Sgd(lr, beta) = FedAvgM, Adam, Yogi, Adagrad |
 ///
-/// Reproducibility: client sampling draws from Rng::stream(seed, 0); client k in round r
-/// from Rng::stream(seed, 1 + r * 2^20 + k). Results are bitwise identical for any thread count.
+/// Each round r: the sampler draws from the opted-in clients; attackers and failed clients are
+/// drawn (attacks.hpp); the server broadcasts the global model and the algorithm's extras; every
+/// sampled client that did not fail trains with its own persistent state and uploads; model-
+/// poisoning attacks replace the attackers' updates as they arrive; the server aggregates (in
+/// client-id order) and steps. Every `check_every` rounds the opted-in clients report the global
+/// model's validation loss; the global parameters with the lowest loss are kept (a copy) and
+/// restored at the end; training stops after `patience` checks without improvement or at
+/// `max_rounds`. Without validation data on any opted-in client every round runs and the last
+/// model is kept.
 ///
-/// Distributed transports (see transport.hpp, "Roles"): every process runs this same loop with
-/// the same sampler stream, so all agree on the sampled clients without communication; each
-/// trains and reports only the clients it owns; the server process aggregates (in client-id
-/// order, as in process) and computes the validation loss, which `transport_share` hands to
-/// every process so that all take the same early-stopping decisions. The non-server processes
-/// keep a replica of the global parameters, refreshed from each broadcast; every loop exit is a
-/// checkpoint whose broadcast carries the final averaged model, so `global_model` receives the
-/// same parameters on every process. Results are bitwise those of the in-process run.
+/// Reproducibility: round r's sample, roles and attack noise come from streams of (seed, r) alone;
+/// client k in round r trains on Rng::stream(seed, 1 + r * 2^20 + k). Results are bitwise identical
+/// for any thread count, and over a distributed transport (see transport.hpp, "Roles"): every
+/// process runs this loop with the same streams, each trains only the clients it hosts, and the
+/// server process aggregates and decides early stopping for all (`transport_share`).
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "../core/parallel.hpp"
+#include "../optimizers/adam.hpp"
+#include "attacks.hpp"
 #include "client.hpp"
+#include "sampler.hpp"
 #include "server.hpp"
 
 namespace fedmoe {
 
 struct FederationConfig {
-  Index clients_per_round = 5;  ///< a COUNT of opted-in clients per round (see clients_for_fraction)
-  LocalUpdateConfig local{};
   int max_rounds = 1000;
   int check_every = 40;  ///< paper: validation checked every 40 rounds
   int patience = 5;      ///< paper: patience 5 checks
   std::size_t threads = 1;
   std::uint64_t seed = 1;
+  AttackConfig attack{};  ///< simulated attackers and client failures (none by default)
 };
+
+/// The four parts of a federated algorithm.
+template <ClientSampler Smp, class Alg, class Agg, Optimizer Opt>
+struct Strategy {
+  Smp sampler;
+  Alg algorithm;
+  Agg aggregator;
+  Opt server_optimizer;
+};
+
+/// FedAvg as in the paper: m clients per round, `local.epochs` of Adam(lr) at batch `local.batch_size`,
+/// the sample-weighted mean, server SGD with lr 1 (x <- x + Delta).
+template <class S = float>
+auto fedavg(Index clients_per_round, LocalUpdateConfig local = {}, double lr = 1e-3) {
+  return Strategy<UniformSampler, LocalTraining<Adam<S>>, WeightedMean, Sgd<S>>{
+      UniformSampler(clients_per_round), LocalTraining<Adam<S>>(local, Adam<S>(lr)), WeightedMean{}, Sgd<S>(1.0)};
+}
 
 /// The count of clients for a fraction in (0, 1] of `available` clients (at least 1).
 inline Index clients_for_fraction(double fraction, Index available) {
@@ -49,11 +74,25 @@ inline Index clients_for_fraction(double fraction, Index available) {
   return std::max<Index>(1, Index(std::llround(fraction * double(available))));
 }
 
+/// What happened to the sampled clients of one round.
+struct RoundRecord {
+  int round = 0;
+  Index sampled = 0;    ///< clients drawn by the sampler
+  Index failed = 0;     ///< sampled clients that did not return
+  Index attackers = 0;  ///< sampled clients that were (simulated) attackers
+  Index received = 0;   ///< updates that reached the server
+  Index rejected = 0;   ///< malformed updates (NaN/inf, wrong size, bad weight, wrong extras)
+  Index discarded = 0;  ///< well-formed updates a robust aggregator left out
+  Index used = 0;       ///< updates in the aggregate
+  bool stepped = false; ///< the server changed the global model this round
+};
+
 struct FederationResult {
   int rounds = 0;             ///< rounds run
   int best_round = 0;         ///< round whose global model was restored (0: the initial model)
   double best_val_loss = 0;   ///< its validation loss
   std::vector<std::pair<int, double>> val_history;  ///< (round, validation loss) at each check
+  std::vector<RoundRecord> history;  ///< one record per round (received/rejected/...: on the server process)
 };
 
 /// Progress callback after each round: (round, max_rounds, latest validation loss).
@@ -63,92 +102,171 @@ namespace detail {
 inline std::uint64_t client_stream_id(std::uint64_t round, std::uint64_t client) {
   return 1 + (round << 20) + client;
 }
-}  // namespace detail
+/// Streams of the round's sampler, roles and attack noise: bit 62 set, apart from every client stream.
+inline std::uint64_t round_stream_id(std::uint64_t round, std::uint64_t purpose) {
+  return (std::uint64_t(1) << 62) + round * 4 + purpose;
+}
 
-/// Trains `global_model` (its parameters are the initial global model and receive the best one).
-/// `clients` opted out are never sampled and never asked for anything.
-template <Model M, Transport<typename M::scalar_type> T, class Agg = FedAvg>
-FederationResult train_federated(M& global_model, const std::vector<Client<typename M::scalar_type>>& clients,
-                                 T& transport, const FederationConfig& config, FederationProgress progress = {},
-                                 Agg aggregator = {}) {
+/// The state of one federated run and its steps, each with its contract.
+template <Model M, class T, class Smp, class Alg, class Agg, class Opt>
+class FederationRun {
+public:
   using S = typename M::scalar_type;
-  std::vector<std::size_t> opted_in;
-  for (std::size_t i = 0; i < clients.size(); ++i)
-    if (!clients[i].opted_out()) opted_in.push_back(i);
-  FEDMOE_CHECK(!opted_in.empty(), "train_federated: expected at least one client that did not opt out, got 0 of ",
-               clients.size());
-  FEDMOE_CHECK(config.clients_per_round > 0 && config.clients_per_round <= Index(opted_in.size()),
-               "train_federated: expected clients_per_round in [1, ", opted_in.size(),
-               "] (the opted-in clients), got ", config.clients_per_round);
-  for (const auto& c : clients)
-    FEDMOE_CHECK(c.id() >= 0 && c.id() < (std::int64_t(1) << 20), "train_federated: expected client ids in [0, 2^20) ",
-                 "(they select random streams), got ", c.id());
-  FEDMOE_CHECK(config.max_rounds >= 0 && config.check_every > 0, "train_federated: expected max_rounds >= 0 and ",
-               "check_every > 0, got ", config.max_rounds, " and ", config.check_every);
 
-  Server<S, Agg> server(global_model.parameters(), std::move(aggregator));
-  std::vector<M> workspaces(std::max<std::size_t>(1, config.threads), global_model);
-  Rng sampler = Rng::stream(config.seed, 0);
-  EarlyStopping<S> stop(config.patience);
-  FederationResult result;
+  FederationRun(M& global_model, const std::vector<Client<S>>& clients, T& transport, const FederationConfig& config,
+                Strategy<Smp, Alg, Agg, Opt>& strategy, std::vector<typename Alg::State>& states)
+      : m_clients(clients), m_transport(transport), m_config(config), m_strategy(strategy), m_states(states),
+        m_server(global_model.parameters(), strategy.aggregator, strategy.server_optimizer),
+        m_workspaces(std::max<std::size_t>(1, config.threads), global_model), m_stop(config.patience),
+        m_is_server(transport_is_server(transport)) {
+    for (std::size_t i = 0; i < clients.size(); ++i)
+      if (!clients[i].opted_out()) m_eligible.push_back(i);
+    validate();
+    m_states.resize(clients.size());
+    m_reporters = owned(m_eligible);
+  }
 
-  const bool is_server = transport_is_server(transport);
-  auto owned = [&](const std::vector<std::size_t>& ids) {  // the clients this process hosts
+  /// Every round until max_rounds or early stopping; the best global model goes to `global_model`.
+  FederationResult run(M& global_model, const FederationProgress& progress) {
+    check(0);
+    for (int round = 1; round <= m_config.max_rounds; ++round) {
+      train_round(round);
+      m_result.rounds = round;
+      const bool checkpoint = round % m_config.check_every == 0 || round == m_config.max_rounds;
+      const bool done = checkpoint && check(round);
+      if (progress) progress(round, m_config.max_rounds, m_result.val_history.back().second);
+      if (done) break;
+    }
+    global_model.parameters() = m_stop.has_best() ? m_stop.best() : m_server.global();
+    return m_result;
+  }
+
+private:
+  void validate() const {
+    FEDMOE_CHECK(!m_eligible.empty(), "train_federated: expected at least one client that did not opt out, got 0 of ",
+                 m_clients.size());
+    for (const auto& c : m_clients)
+      FEDMOE_CHECK(c.id() >= 0 && c.id() < (std::int64_t(1) << 20),
+                   "train_federated: expected client ids in [0, 2^20) (they select random streams), got ", c.id());
+    FEDMOE_CHECK(m_config.max_rounds >= 0 && m_config.check_every > 0, "train_federated: expected max_rounds >= 0 ",
+                 "and check_every > 0, got ", m_config.max_rounds, " and ", m_config.check_every);
+    if constexpr (requires { m_strategy.sampler.count; })
+      FEDMOE_CHECK(m_strategy.sampler.count <= Index(m_eligible.size()), "train_federated: expected clients per ",
+                   "round in [1, ", m_eligible.size(), "] (the opted-in clients), got ", m_strategy.sampler.count);
+    m_config.attack.validate();
+  }
+
+  std::vector<std::size_t> owned(const std::vector<std::size_t>& ids) const {  // the clients this process hosts
     std::vector<std::size_t> mine;
     for (std::size_t i : ids)
-      if (transport_owns(transport, clients[i].id())) mine.push_back(i);
+      if (transport_owns(m_transport, m_clients[i].id())) mine.push_back(i);
     return mine;
-  };
-  auto publish = [&] {
-    server.publish(transport);
-    if (!is_server) server.set_global(transport.global());  // replica of the server's model
-  };
-  const std::vector<std::size_t> reporters = owned(opted_in);
+  }
 
-  auto check = [&](int round) {
+  /// Broadcast the global model (and the algorithm's extras); a non-server process refreshes its replica.
+  void publish() {
+    m_server.publish(m_transport, m_is_server ? m_strategy.algorithm.downlink(m_server.global().size())
+                                              : std::vector<Vector<S>>{});
+    if (!m_is_server) m_server.set_global(m_transport.global());
+  }
+
+  /// One round: sample, draw roles, train the hosted participants, aggregate on the server.
+  void train_round(int round) {
+    const auto r = std::uint64_t(round);
+    Rng sampler_rng = Rng::stream(m_config.seed, round_stream_id(r, 0));
+    const std::vector<std::size_t> sampled = m_strategy.sampler.sample(m_eligible, sampler_rng);
+    Rng roles_rng = Rng::stream(m_config.seed, round_stream_id(r, 1));
+    const RoundRoles roles = draw_roles(m_config.attack, sampled, roles_rng);
+    std::vector<std::size_t> returning;
+    for (std::size_t i : sampled)
+      if (!roles.has_failed(i)) returning.push_back(i);
+    const std::vector<std::size_t> mine = owned(returning);
+    const bool flip = m_config.attack.kind == AttackKind::label_flip;
+
     publish();
-    parallel_for(reporters.size(), workspaces.size(), [&](std::size_t i, std::size_t w) {
-      clients[reporters[i]].report_validation(transport, workspaces[w]);
+    parallel_for(mine.size(), m_workspaces.size(), [&](std::size_t t, std::size_t w) {
+      const std::size_t i = mine[t];
+      Rng rng = Rng::stream(m_config.seed, client_stream_id(r, std::uint64_t(m_clients[i].id())));
+      m_clients[i].participate(m_transport, m_workspaces[w], m_strategy.algorithm, m_states[i], rng,
+                               flip && roles.is_attacker(i));
     });
-    const double loss = transport_share(transport, server.validation_loss(transport));
-    result.val_history.emplace_back(round, loss);
+    std::vector<ClientUpdate<S>> updates = m_transport.collect();
+
+    RoundRecord rec{round, Index(sampled.size()), Index(roles.failed.size()), Index(roles.attackers.size())};
+    if (m_is_server) {
+      rec.received = Index(updates.size());
+      Rng noise_rng = Rng::stream(m_config.seed, round_stream_id(r, 2));
+      poison_updates(m_config.attack, updates, [&](std::int64_t id) { return is_attacker(roles, id); }, noise_rng);
+      const AggregationReport report = m_server.step(updates, Alg::uplink_extras);
+      m_strategy.algorithm.absorb(m_server.accepted(updates), Index(m_eligible.size()));
+      rec.rejected = Index(report.rejected.size());
+      rec.discarded = Index(report.discarded.size());
+      rec.used = report.ok ? report.used : 0;
+      rec.stepped = report.ok;
+    }
+    m_result.history.push_back(rec);
+  }
+
+  bool is_attacker(const RoundRoles& roles, std::int64_t id) const {
+    for (std::size_t i : roles.attackers)
+      if (m_clients[i].id() == id) return true;
+    return false;
+  }
+
+  /// Validation of the current global model by the opted-in clients; true when early stopping says stop.
+  bool check(int round) {
+    publish();
+    parallel_for(m_reporters.size(), m_workspaces.size(), [&](std::size_t i, std::size_t w) {
+      m_clients[m_reporters[i]].report_validation(m_transport, m_workspaces[w]);
+    });
+    const double loss = transport_share(m_transport, m_server.validation_loss(m_transport));
+    m_result.val_history.emplace_back(round, loss);
     if (std::isnan(loss)) return false;  // no opted-in client has validation data: no early stopping
-    const int before = stop.best_check();
-    const bool done = stop.observe(loss, {std::cref(server.global())});  // a copy of the AVERAGED model
-    if (stop.best_check() != before) {
-      result.best_round = round;
-      result.best_val_loss = loss;
+    const int before = m_stop.best_check();
+    const bool done = m_stop.observe(loss, {std::cref(m_server.global())});  // a copy of the AGGREGATED model
+    if (m_stop.best_check() != before) {
+      m_result.best_round = round;
+      m_result.best_val_loss = loss;
     }
     return done;
-  };
-
-  check(0);
-  std::vector<std::size_t> pool = opted_in;
-  for (int round = 1; round <= config.max_rounds; ++round) {
-    // Sample m distinct opted-in clients (partial Fisher-Yates), then run them in id order.
-    for (Index i = 0; i < config.clients_per_round; ++i) {
-      const auto j = std::size_t(i) + std::size_t(sampler.uniform_int(pool.size() - std::size_t(i)));
-      std::swap(pool[std::size_t(i)], pool[j]);
-    }
-    std::vector<std::size_t> chosen(pool.begin(), pool.begin() + config.clients_per_round);
-    std::sort(chosen.begin(), chosen.end());
-    chosen = owned(chosen);
-    publish();
-    parallel_for(chosen.size(), workspaces.size(), [&](std::size_t i, std::size_t w) {
-      const auto& client = clients[chosen[i]];
-      Rng rng = Rng::stream(config.seed, detail::client_stream_id(std::uint64_t(round), std::uint64_t(client.id())));
-      client.participate(transport, workspaces[w], config.local, rng);
-    });
-    server.aggregate(transport);
-    result.rounds = round;
-    const bool checkpoint = round % config.check_every == 0 || round == config.max_rounds;
-    const bool done = checkpoint && check(round);
-    if (progress) progress(round, config.max_rounds, result.val_history.back().second);
-    if (done) break;
   }
-  if (stop.has_best()) global_model.parameters() = stop.best();
-  else global_model.parameters() = server.global();
-  return result;
+
+  const std::vector<Client<S>>& m_clients;
+  T& m_transport;
+  const FederationConfig& m_config;
+  Strategy<Smp, Alg, Agg, Opt>& m_strategy;
+  std::vector<typename Alg::State>& m_states;
+  Server<S, Agg, Opt> m_server;
+  std::vector<M> m_workspaces;
+  EarlyStopping<S> m_stop;
+  bool m_is_server;
+  std::vector<std::size_t> m_eligible, m_reporters;
+  FederationResult m_result;
+};
+}  // namespace detail
+
+/// Trains `global_model` (its parameters are the initial global model and receive the best one)
+/// with `strategy`. `client_states` holds every client's persistent algorithm state, indexed like
+/// `clients` (resized to it; on a distributed transport only the hosted clients' entries are used):
+/// it belongs to the clients and is never handed to the transport. Clients that opted out are
+/// never sampled and never asked for anything.
+template <Model M, Transport<typename M::scalar_type> T, class Smp, class Alg, class Agg, class Opt>
+FederationResult train_federated(M& global_model, const std::vector<Client<typename M::scalar_type>>& clients,
+                                 T& transport, const FederationConfig& config, Strategy<Smp, Alg, Agg, Opt>& strategy,
+                                 std::vector<typename Alg::State>& client_states,
+                                 const FederationProgress& progress = {}) {
+  detail::FederationRun<M, T, Smp, Alg, Agg, Opt> run(global_model, clients, transport, config, strategy,
+                                                      client_states);
+  return run.run(global_model, progress);
+}
+
+/// The same, for an algorithm whose client state the caller does not keep.
+template <Model M, Transport<typename M::scalar_type> T, class Smp, class Alg, class Agg, class Opt>
+FederationResult train_federated(M& global_model, const std::vector<Client<typename M::scalar_type>>& clients,
+                                 T& transport, const FederationConfig& config, Strategy<Smp, Alg, Agg, Opt> strategy,
+                                 const FederationProgress& progress = {}) {
+  std::vector<typename Alg::State> states;
+  return train_federated(global_model, clients, transport, config, strategy, states, progress);
 }
 
 }  // namespace fedmoe

@@ -2,8 +2,9 @@
 /// @file transport.hpp
 /// @brief The Transport concept: the only channel between clients and the server.
 ///
-/// Downlink: `broadcast(global)` makes the global parameters available to clients
-/// (`global()` reads them). Uplink: `upload(update)` carries a ClientUpdate to the server,
+/// Downlink: `broadcast(global, extras)` makes the global parameters and the client algorithm's
+/// extra vectors (SCAFFOLD's control variate; none for FedAvg) available to clients (`global()`,
+/// `extras()` read them). Uplink: `upload(update)` carries a ClientUpdate to the server,
 /// and `collect()` hands the server everything uploaded since the last collect, sorted by
 /// client id. The server object has no reference to any client; clients have none to the
 /// server: everything the server learns passes through here, which is what makes
@@ -38,9 +39,11 @@ struct ValidationReport {
 };
 
 template <class T, class Scalar = float>
-concept Transport = requires(T t, const Vector<Scalar>& global, ClientUpdate<Scalar> update, ValidationReport r) {
-  t.broadcast(global);
+concept Transport = requires(T t, const Vector<Scalar>& global, const std::vector<Vector<Scalar>>& extras,
+                             ClientUpdate<Scalar> update, ValidationReport r) {
+  t.broadcast(global, extras);
   { t.global() } -> std::convertible_to<const Vector<Scalar>&>;
+  { t.extras() } -> std::convertible_to<const std::vector<Vector<Scalar>>&>;
   t.upload(std::move(update));
   { t.collect() } -> std::same_as<std::vector<ClientUpdate<Scalar>>>;
   t.report(r);
@@ -79,8 +82,12 @@ public:
   explicit InProcessTransport(Observer observer = {}, ReportObserver report_observer = {})
       : m_observer(std::move(observer)), m_report_observer(std::move(report_observer)) {}
 
-  void broadcast(const Vector<Scalar>& global) { m_global = global; }
+  void broadcast(const Vector<Scalar>& global, const std::vector<Vector<Scalar>>& extras = {}) {
+    m_global = global;
+    m_extras = extras;
+  }
   const Vector<Scalar>& global() const { return m_global; }
+  const std::vector<Vector<Scalar>>& extras() const { return m_extras; }
 
   void upload(ClientUpdate<Scalar> update) {
     std::lock_guard lock(m_mutex);
@@ -115,6 +122,7 @@ private:
   ReportObserver m_report_observer;
   std::vector<ValidationReport> m_reports;
   Vector<Scalar> m_global;
+  std::vector<Vector<Scalar>> m_extras;
   std::vector<ClientUpdate<Scalar>> m_inbox;
   std::mutex m_mutex;
 };
