@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -86,35 +85,6 @@ bool all_finite(const V& v) {
   return (v.array() - v.array()).sum() == typename V::Scalar(0);
 }
 
-/// Why `u` cannot be aggregated into a model of `size` parameters with `extras` extra vectors, if at all.
-template <class Scalar>
-std::optional<Rejection> check_update(const ClientUpdate<Scalar>& u, Index size, std::size_t extras) {
-  if (u.delta.size() != size) return Rejection::wrong_size;
-  if (u.num_samples <= 0) return Rejection::bad_weight;
-  if (u.extras.size() != extras) return Rejection::wrong_extras;
-  for (const auto& e : u.extras)
-    if (e.size() != size) return Rejection::wrong_size;
-  if (!all_finite(u.delta)) return Rejection::non_finite;
-  for (const auto& e : u.extras)
-    if (!all_finite(e)) return Rejection::non_finite;
-  return std::nullopt;
-}
-
-/// Splits `updates` into the indices of well-formed ones (in order) and the rejected, appended to `report`.
-/// Aggregators of the deltas alone pass extras = the count the updates carry (they ignore extras);
-/// the server screens the extras against the algorithm's count before aggregating.
-template <class Scalar>
-std::vector<std::size_t> screen_updates(std::span<const ClientUpdate<Scalar>> updates, Index size,
-                                        AggregationReport& report) {
-  std::vector<std::size_t> valid;
-  valid.reserve(updates.size());
-  for (std::size_t k = 0; k < updates.size(); ++k) {
-    const auto& u = updates[k];
-    if (auto why = check_update(u, size, u.extras.size())) report.rejected.push_back({u.client, *why});
-    else valid.push_back(k);
-  }
-  return valid;
-}
 }  // namespace detail
 
 }  // namespace fedmoe

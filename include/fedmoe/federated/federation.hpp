@@ -150,9 +150,7 @@ private:
                    "train_federated: expected client ids in [0, 2^20) (they select random streams), got ", c.id());
     FEDMOE_CHECK(m_config.max_rounds >= 0 && m_config.check_every > 0, "train_federated: expected max_rounds >= 0 ",
                  "and check_every > 0, got ", m_config.max_rounds, " and ", m_config.check_every);
-    if constexpr (requires { m_strategy.sampler.count; })
-      FEDMOE_CHECK(m_strategy.sampler.count <= Index(m_eligible.size()), "train_federated: expected clients per ",
-                   "round in [1, ", m_eligible.size(), "] (the opted-in clients), got ", m_strategy.sampler.count);
+    m_strategy.sampler.validate(Index(m_eligible.size()));
     m_config.attack.validate();
   }
 

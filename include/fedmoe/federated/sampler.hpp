@@ -6,7 +6,8 @@
 /// - `sample(eligible, rng)`: a subset of `eligible` (positions into the client list), sorted
 ///   ascending. It may be empty (Poisson sampling); the round then changes nothing.
 /// - `expected(n)`: the expected number of clients per round out of n eligible ones, for
-///   checking a robust aggregator's feasibility before any work (and a privacy accountant's rate).
+///   checking a robust aggregator's feasibility before any work (and a privacy accountant's rate);
+/// - `validate(n)`: throws, before any round, if the sampler cannot draw from n eligible clients.
 ///
 /// The federation draws each round's sample from its own stream Rng::stream(seed, round stream),
 /// so round r's sample depends on (seed, r) alone: the same on every process of a distributed
@@ -27,6 +28,7 @@ template <class S>
 concept ClientSampler = requires(const S s, std::span<const std::size_t> eligible, Rng& rng, Index n) {
   { s.sample(eligible, rng) } -> std::same_as<std::vector<std::size_t>>;
   { s.expected(n) } -> std::convertible_to<double>;
+  s.validate(n);
 };
 
 /// m distinct clients, uniformly without replacement (McMahan et al. 2017; the paper: 5 of 100).
@@ -49,6 +51,10 @@ struct UniformSampler {
     return pool;
   }
   double expected(Index) const { return double(count); }
+  void validate(Index eligible) const {
+    FEDMOE_CHECK(count <= eligible, "UniformSampler: expected clients per round in [1, ", eligible,
+                 "] (the opted-in clients), got ", count);
+  }
 };
 
 /// Each eligible client independently with probability q (the sampling that the privacy
@@ -68,6 +74,7 @@ struct PoissonSampler {
     return out;
   }
   double expected(Index n) const { return rate * double(n); }
+  void validate(Index) const {}  // any number of eligible clients will do
 };
 
 }  // namespace fedmoe

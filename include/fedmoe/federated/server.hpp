@@ -13,6 +13,7 @@
 /// rejected here, before the aggregator sees the deltas. When nothing can be aggregated the
 /// global model and the optimizer state stay as they are.
 #include <limits>
+#include <optional>
 #include <span>
 
 #include "../optimizers/optimizer.hpp"

@@ -102,7 +102,7 @@ private:
   template <class Scalar>
   static void distances(const std::vector<const Scalar*>& rows, const Vector<Scalar>& z, std::vector<double>& dist) {
     std::fill(dist.begin(), dist.end(), 0.0);
-    const Index size = z.size(), block = WeightedMean::block;
+    const Index size = z.size(), block = detail::mean_block;
     for (Index start = 0; start < size; start += block) {
       const Index len = std::min(block, size - start);
       const auto zb = z.segment(start, len);
