@@ -15,7 +15,16 @@
 #include <vector>
 
 #include <fedmoe/core/rng.hpp>
-#include <fedmoe/federated/aggregators/any_aggregator.hpp>
+#include <fedmoe/federated/aggregators/any_aggregator.hpp>  // every rule below, by name
+#include <fedmoe/federated/aggregators/bulyan.hpp>
+#include <fedmoe/federated/aggregators/common.hpp>
+#include <fedmoe/federated/aggregators/geometric_median.hpp>
+#include <fedmoe/federated/aggregators/krum.hpp>
+#include <fedmoe/federated/aggregators/median.hpp>
+#include <fedmoe/federated/aggregators/norm_bound.hpp>
+#include <fedmoe/federated/aggregators/order_statistics.hpp>
+#include <fedmoe/federated/aggregators/pairwise_distances.hpp>
+#include <fedmoe/federated/aggregators/trimmed_mean.hpp>
 #include <fedmoe/fedmoe.hpp>
 
 using namespace fedmoe;
