@@ -172,3 +172,21 @@ TEMPLATE_TEST_CASE("batcher rejects bad arguments with the expected and actual v
   CHECK_THROWS_WITH(ok.gather(-1), Catch::Contains("got -1"));
   CHECK_THROWS_WITH(ok.batch_length(5), Catch::Contains("[0, 2)") && Catch::Contains("got 5"));
 }
+
+TEMPLATE_TEST_CASE("every reader of samples refuses a dataset with fewer labels than samples", "[data][batcher]",
+                   float, double) {
+  // The index checks compare with inputs.cols(); with fewer labels, labels[i] was read past the end
+  // (ASan: heap over-read; release: garbage labels). gather_samples is the one path of evaluate(),
+  // for_each_chunk and the mixture's losses; the Batcher checks the same in its constructor.
+  Dataset<TestType> d = numbered_dataset<TestType>(3, 12);
+  d.labels.conservativeResize(7);
+  const std::vector<Index> idx{0, 5, 11};
+  Matrix<TestType> x;
+  Labels y;
+  CHECK_THROWS_WITH(gather_samples(d, std::span<const Index>(idx), x, y),
+                    Catch::Matchers::Contains("expected 12 dataset labels (one per sample), got 7"));
+  CHECK_THROWS_WITH(Batcher<TestType>(d, idx, 2), Catch::Matchers::Contains("expected 12 dataset labels"));
+  d.labels.conservativeResize(12);  // consistent again: both work
+  gather_samples(d, std::span<const Index>(idx), x, y);
+  CHECK(y.size() == 3);
+}

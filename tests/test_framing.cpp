@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <fedmoe/core/rng.hpp>
@@ -110,4 +111,22 @@ TEMPLATE_TEST_CASE("wrong-kind, wrong-type and wrong-shape frames are rejected",
   CHECK_THROWS_WITH(check_frame<Other>(bytes, FrameKind::update, 12, "rank 1"),
                     Contains("elements of " + std::to_string(sizeof(TestType)) + " bytes, expected " +
                              std::to_string(sizeof(Other))));
+}
+
+TEMPLATE_TEST_CASE("a header's element count is checked without overflow against the payload length",
+                   "[framing]", float, double) {
+  // A CRC-valid header announcing 2^62 elements with an empty payload: 2^62 x sizeof(T) wraps to 0 in
+  // 64 bits, so a multiplying check took it for a consistent empty frame.
+  for (const std::int64_t count : {std::int64_t(1) << 62, std::int64_t(1) << 61, std::int64_t(-1), std::int64_t(3)}) {
+    INFO("count " << count);
+    std::vector<std::byte> bytes = encode_frame(FrameKind::update, 0, 5, std::span<const TestType>());
+    FrameHeader h;
+    std::memcpy(&h, bytes.data(), sizeof h);
+    h.count = count;
+    h.crc = detail::frame_crc(h, std::span<const std::byte>());
+    std::memcpy(bytes.data(), &h, sizeof h);
+    CHECK_THROWS_WITH(check_frame<TestType>(bytes, FrameKind::update, -1, "rank 3"),
+                      Contains("rank 3") && Contains("announces " + std::to_string(count) + " elements") &&
+                          Contains("expected 0"));
+  }
 }

@@ -238,13 +238,14 @@ void compare(const Outcome& mpi, const Outcome& local) {
 
 /// Rank 0 calls collect() on `t` while rank 1 has sent `frames`; expects an error containing both needles.
 void expect_rejected(MpiTransport<float>& t, const std::vector<std::vector<std::byte>>& frames, const std::string& a,
-                     const std::string& b) {
+                     const std::string& b, bool reports = false) {
   if (t.rank() == 1)
     for (const auto& f : frames)
       MPI_Send(f.data(), int(f.size()), MPI_BYTE, 0, MpiTransport<float>::tag_uplink, MPI_COMM_WORLD);
   if (t.rank() == 0) {
     try {
-      t.collect();
+      if (reports) t.collect_reports();
+      else t.collect();
       expect(false, "a malformed message was accepted (expected: " + b + ")");
     } catch (const Error& e) {
       const std::string msg = e.what();
@@ -287,6 +288,10 @@ void malformed_messages(const Vector<float>& global) {
     expect(std::memcmp(server.global().data(), global.data(), sizeof(float) * n) == 0, "and keeps its model");
   }
   MPI_Barrier(MPI_COMM_WORLD);
+  // A validation report over a negative number of samples.
+  const double loss = 1.5;
+  expect_rejected(t, {head(1), encode_frame(FrameKind::report, 0, -5, std::span<const double>(&loss, 1))}, "rank 1",
+                  "over -5 samples, expected >= 0", true);
   // Misrouted: rank 1 sends an update for a client hosted by another rank.
   const std::int64_t foreign = 1;  // client 1 lives on rank 2 when N >= 3
   if (t.size() >= 3)

@@ -39,6 +39,9 @@ template <class Scalar>
 void gather_samples(const Dataset<Scalar>& data, std::span<const Index> indices, Matrix<Scalar>& inputs,
                     Labels& labels) {
   const Index n = Index(indices.size());
+  // Samples are columns of inputs; a dataset with fewer labels would be read past its labels' end.
+  FEDMOE_CHECK(data.labels.size() == data.inputs.cols(), "gather_samples: expected ", data.inputs.cols(),
+               " dataset labels (one per sample), got ", data.labels.size());
   for (Index j = 0; j < n; ++j)
     FEDMOE_CHECK(indices[std::size_t(j)] >= 0 && indices[std::size_t(j)] < data.size(),
                  "gather_samples: expected indices in [0, ", data.size(), "), got ", indices[std::size_t(j)],

@@ -83,7 +83,9 @@ inline std::uint32_t frame_crc(FrameHeader header, std::span<const std::byte> pa
   header.crc = 0;
   uLong crc = ::crc32_z(0L, Z_NULL, 0);
   crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(&header), sizeof header);
-  crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(payload.data()), payload.size());
+  // zlib's crc32 of a null buffer is its reset value 0, not a no-op: an empty payload whose span has no
+  // data pointer would otherwise zero the header's checksum.
+  if (!payload.empty()) crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(payload.data()), payload.size());
   return std::uint32_t(crc);
 }
 inline std::string frame_hex(std::uint32_t v) {
@@ -154,9 +156,10 @@ FrameView check_frame(std::span<const std::byte> bytes, FrameKind expected, std:
                to_string(FrameKind(h.kind)), "')");
   FEDMOE_CHECK(h.element_size == sizeof(T), "message from ", source, ": elements of ", h.element_size,
                " bytes, expected ", sizeof(T), " (float vs double mismatch?)");
-  FEDMOE_CHECK(h.count >= 0 && std::uint64_t(h.count) * sizeof(T) == h.payload_bytes, "message from ", source,
-               ": the header announces ", h.count, " elements of ", sizeof(T), " bytes, expected ",
-               h.payload_bytes, " payload bytes");
+  // Divide instead of multiplying: count x sizeof(T) wraps in 64 bits for a hostile count (2^62 x 4 = 0).
+  FEDMOE_CHECK(h.count >= 0 && h.payload_bytes % sizeof(T) == 0 && h.payload_bytes / sizeof(T) == std::uint64_t(h.count),
+               "message from ", source, ": the header announces ", h.count, " elements of ", sizeof(T),
+               " bytes, expected ", h.payload_bytes / sizeof(T), " (", h.payload_bytes, " payload bytes)");
   FEDMOE_CHECK(expected_count < 0 || h.count == expected_count, "message from ", source, ": wrong shape: a '",
                to_string(expected), "' message of ", h.count, " elements, expected ", expected_count);
   return {h, payload};

@@ -192,6 +192,8 @@ public:
     }
     receive_all(FrameKind::report, 1, [&](const FrameView& f, int from) {
       check_routing(f, from);
+      FEDMOE_CHECK(f.header.aux >= 0, "message from rank ", from, ": a validation report of client ", f.header.client,
+                   " over ", f.header.aux, " samples, expected >= 0");
       ValidationReport r{f.header.client, 0.0, Index(f.header.aux)};
       f.copy_to(std::span<double>(&r.loss_sum, 1));
       out.push_back(r);
