@@ -23,6 +23,8 @@
 #include "federated/federation.hpp"
 #include "federated/local_training.hpp"
 #include "federated/personalize.hpp"
+#include "federated/privacy/dp_mean.hpp"
+#include "federated/privacy/rdp_accountant.hpp"
 #include "federated/sampler.hpp"
 #include "federated/server.hpp"
 #include "federated/server_optimizer.hpp"

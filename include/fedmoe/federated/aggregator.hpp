@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/rng.hpp"
 #include "../core/tensor.hpp"
 
 namespace fedmoe {
@@ -76,6 +77,18 @@ template <class A, class Scalar = float>
 concept Aggregator = requires(A agg, std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& out) {
   { agg.aggregate(updates, out) } -> std::same_as<AggregationReport>;
 };
+
+/// A randomised aggregation (a differentially private release, privacy/dp_mean.hpp): the same contract,
+/// plus the round's own random stream, which the federation draws from (seed, round) alone.
+template <class A, class Scalar = float>
+concept RandomizedAggregator =
+    requires(A agg, std::span<const ClientUpdate<Scalar>> updates, Vector<Scalar>& out, Rng& rng) {
+      { agg.aggregate(updates, out, rng) } -> std::same_as<AggregationReport>;
+    };
+
+/// What the server can reduce a round with.
+template <class A, class Scalar = float>
+concept AnyAggregation = Aggregator<A, Scalar> || RandomizedAggregator<A, Scalar>;
 
 namespace detail {
 /// True iff every element is finite, as one vectorised reduction: x - x is +0 exactly for a

@@ -29,6 +29,15 @@
 /// for any thread count, and over a distributed transport (see transport.hpp, "Roles"): every
 /// process runs this loop with the same streams, each trains only the clients it hosts, and the
 /// server process aggregates and decides early stopping for all (`transport_share`).
+///
+/// Differential privacy (DP-FedAvg, privacy/dp_mean.hpp): with a DifferentiallyPrivate aggregator
+/// (DpMean) the loop requires Poisson sampling (the accountant's assumption; any other sampler does not
+/// compile) and a client algorithm that uploads nothing but the delta (SCAFFOLD's control variates would
+/// be released unprotected), hands the aggregator its noise from the round's stream, accounts each
+/// round with the RDP accountant (q = the sampler's rate, z = the aggregator's noise multiplier) and,
+/// with an epsilon budget, stops before the first round that would exceed it. The guarantee covers the
+/// model updates; the validation losses that early stopping uses are not privatised: set
+/// `select_on_validation = false` (keep the last model, no early stopping) for a fully private result.
 #include <functional>
 #include <optional>
 #include <vector>
@@ -37,6 +46,8 @@
 #include "../optimizers/adam.hpp"
 #include "attacks.hpp"
 #include "client.hpp"
+#include "privacy/dp_mean.hpp"
+#include "privacy/rdp_accountant.hpp"
 #include "sampler.hpp"
 #include "server.hpp"
 
@@ -49,6 +60,10 @@ struct FederationConfig {
   std::size_t threads = 1;
   std::uint64_t seed = 1;
   AttackConfig attack{};  ///< simulated attackers and client failures (none by default)
+  /// false: validation losses are still computed and reported, but neither stop training nor pick the
+  /// returned model (the last one is kept): what a DP run needs for its guarantee to cover the result.
+  bool select_on_validation = true;
+  PrivacyAccounting privacy{};  ///< used with a DifferentiallyPrivate aggregator only
 };
 
 /// The four parts of a federated algorithm.
@@ -76,6 +91,7 @@ inline Index clients_for_fraction(double fraction, Index available) {
 
 /// What happened to the sampled clients of one round.
 struct RoundRecord {
+  static constexpr double none = std::numeric_limits<double>::quiet_NaN();
   int round = 0;
   Index sampled = 0;    ///< clients drawn by the sampler
   Index failed = 0;     ///< sampled clients that did not return
@@ -85,6 +101,20 @@ struct RoundRecord {
   Index discarded = 0;  ///< well-formed updates a robust aggregator left out
   Index used = 0;       ///< updates in the aggregate
   bool stepped = false; ///< the server changed the global model this round
+  double epsilon = none;    ///< DP: the privacy spent after this round (at the configured delta)
+  double clip_norm = none;  ///< DP: the clipping norm C used this round (server process)
+};
+
+/// The privacy a DP run spent (FederationResult::privacy).
+struct PrivacySpent {
+  double epsilon = 0;          ///< after the last round run
+  double delta = 0;
+  double order = 0;            ///< the Renyi order that gave epsilon
+  double noise_multiplier = 0; ///< z
+  double sampling_rate = 0;    ///< q
+  int rounds = 0;              ///< rounds accounted (= run)
+  privacy::Conversion conversion = privacy::Conversion::improved;
+  int budget_stop_round = 0;   ///< 0: the budget never stopped training; else the last round it allowed
 };
 
 struct FederationResult {
@@ -93,6 +123,7 @@ struct FederationResult {
   double best_val_loss = 0;   ///< its validation loss
   std::vector<std::pair<int, double>> val_history;  ///< (round, validation loss) at each check
   std::vector<RoundRecord> history;  ///< one record per round (received/rejected/...: on the server process)
+  std::optional<PrivacySpent> privacy;  ///< set by a DP run
 };
 
 /// Progress callback after each round: (round, max_rounds, latest validation loss).
@@ -102,7 +133,8 @@ namespace detail {
 inline std::uint64_t client_stream_id(std::uint64_t round, std::uint64_t client) {
   return 1 + (round << 20) + client;
 }
-/// Streams of the round's sampler, roles and attack noise: bit 62 set, apart from every client stream.
+/// Streams of the round's sampler (0), roles (1), attack noise (2) and DP noise (3): bit 62 set, apart
+/// from every client stream.
 inline std::uint64_t round_stream_id(std::uint64_t round, std::uint64_t purpose) {
   return (std::uint64_t(1) << 62) + round * 4 + purpose;
 }
@@ -124,12 +156,18 @@ public:
     validate();
     m_states.resize(clients.size());
     m_reporters = owned(m_eligible);
+    if constexpr (is_private) start_accounting();
   }
 
   /// Every round until max_rounds or early stopping; the best global model goes to `global_model`.
   FederationResult run(M& global_model, const FederationProgress& progress) {
     check(0);
     for (int round = 1; round <= m_config.max_rounds; ++round) {
+      if constexpr (is_private)
+        if (!budget_allows_round()) {
+          m_result.privacy->budget_stop_round = round - 1;
+          break;
+        }
       train_round(round);
       m_result.rounds = round;
       const bool checkpoint = round % m_config.check_every == 0 || round == m_config.max_rounds;
@@ -142,6 +180,44 @@ public:
   }
 
 private:
+  static constexpr bool is_private = DifferentiallyPrivate<Agg>;
+
+  void start_accounting() {
+    static_assert(std::same_as<Smp, PoissonSampler>,
+                  "train_federated: a differentially private aggregator needs PoissonSampler (the RDP accountant "
+                  "of the sampled Gaussian mechanism assumes Poisson sampling)");
+    FEDMOE_CHECK(Alg::uplink_extras == 0, "train_federated: differential privacy needs a client algorithm that ",
+                 "uploads only its delta, got one with ", Alg::uplink_extras,
+                 " extra vectors per update (e.g. SCAFFOLD's control variates, which would be released unprotected)");
+    m_config.privacy.validate();
+    m_server.aggregator().set_expected_clients(m_strategy.sampler.expected(Index(m_eligible.size())));
+    m_accountant.emplace(m_strategy.sampler.rate, m_server.aggregator().noise_multiplier());
+    PrivacySpent p;
+    p.delta = m_config.privacy.delta;
+    p.noise_multiplier = m_server.aggregator().noise_multiplier();
+    p.sampling_rate = m_strategy.sampler.rate;
+    p.conversion = m_config.privacy.conversion;
+    m_result.privacy = p;
+  }
+
+  /// Whether one more round keeps the privacy spent within the budget.
+  bool budget_allows_round() const {
+    if (!std::isfinite(m_config.privacy.epsilon_budget)) return true;
+    const auto next = m_accountant->epsilon_after(m_accountant->rounds() + 1, m_config.privacy.delta,
+                                                  m_config.privacy.conversion);
+    return next.epsilon <= m_config.privacy.epsilon_budget;
+  }
+
+  void account_round(RoundRecord& rec) {
+    m_accountant->step();
+    const auto spent = m_accountant->epsilon(m_config.privacy.delta, m_config.privacy.conversion);
+    rec.epsilon = spent.epsilon;
+    if (m_is_server) rec.clip_norm = m_server.aggregator().last_round().clip_norm;
+    m_result.privacy->epsilon = spent.epsilon;
+    m_result.privacy->order = spent.order;
+    m_result.privacy->rounds = int(m_accountant->rounds());
+  }
+
   void validate() const {
     FEDMOE_CHECK(!m_eligible.empty(), "train_federated: expected at least one client that did not opt out, got 0 of ",
                  m_clients.size());
@@ -195,13 +271,15 @@ private:
       rec.received = Index(updates.size());
       Rng noise_rng = Rng::stream(m_config.seed, round_stream_id(r, 2));
       poison_updates(m_config.attack, updates, [&](std::int64_t id) { return is_attacker(roles, id); }, noise_rng);
-      const AggregationReport report = m_server.step(updates, Alg::uplink_extras);
+      Rng dp_rng = Rng::stream(m_config.seed, round_stream_id(r, 3));
+      const AggregationReport report = m_server.step(updates, Alg::uplink_extras, &dp_rng);
       m_strategy.algorithm.absorb(m_server.accepted(updates), Index(m_eligible.size()));
       rec.rejected = Index(report.rejected.size());
       rec.discarded = Index(report.discarded.size());
       rec.used = report.ok ? report.used : 0;
       rec.stepped = report.ok;
     }
+    if constexpr (is_private) account_round(rec);
     m_result.history.push_back(rec);
   }
 
@@ -220,6 +298,7 @@ private:
     const double loss = transport_share(m_transport, m_server.validation_loss(m_transport));
     m_result.val_history.emplace_back(round, loss);
     if (std::isnan(loss)) return false;  // no opted-in client has validation data: no early stopping
+    if (!m_config.select_on_validation) return false;  // reported only
     const int before = m_stop.best_check();
     const bool done = m_stop.observe(loss, {std::cref(m_server.global())});  // a copy of the AGGREGATED model
     if (m_stop.best_check() != before) {
@@ -237,6 +316,7 @@ private:
   Server<S, Agg, Opt> m_server;
   std::vector<M> m_workspaces;
   EarlyStopping<S> m_stop;
+  std::optional<privacy::RdpAccountant> m_accountant;
   bool m_is_server;
   std::vector<std::size_t> m_eligible, m_reporters;
   FederationResult m_result;

@@ -24,7 +24,7 @@
 namespace fedmoe {
 
 template <class Scalar = float, class Agg = WeightedMean, Optimizer Opt = Sgd<Scalar>>
-  requires Aggregator<Agg, Scalar> && std::same_as<typename Opt::scalar_type, Scalar>
+  requires AnyAggregation<Agg, Scalar> && std::same_as<typename Opt::scalar_type, Scalar>
 class Server {
 public:
   explicit Server(Vector<Scalar> initial, Agg aggregator = {}, Opt optimizer = Opt(1.0))
@@ -38,6 +38,8 @@ public:
     m_global = params;
   }
   const Opt& optimizer() const { return m_optimizer; }
+  Agg& aggregator() { return m_aggregator; }
+  const Agg& aggregator() const { return m_aggregator; }
 
   template <Transport<Scalar> T>
   void publish(T& transport, const std::vector<Vector<Scalar>>& extras = {}) const {
@@ -46,8 +48,9 @@ public:
 
   /// One server step from the round's updates (sorted by client). Rejected updates (extras of
   /// the wrong count or size, or non-finite) are listed in the report; on return `updates` holds
-  /// the accepted updates first, in their order, then the others: see `accepted()`.
-  AggregationReport step(std::vector<ClientUpdate<Scalar>>& updates, std::size_t extras) {
+  /// the accepted updates first, in their order, then the others: see `accepted()`. A randomised
+  /// aggregator (RandomizedAggregator) draws from `rng`, the round's stream, which it then requires.
+  AggregationReport step(std::vector<ClientUpdate<Scalar>>& updates, std::size_t extras, Rng* rng = nullptr) {
     AggregationReport extras_report;
     std::vector<ClientUpdate<Scalar>> valid;
     valid.reserve(updates.size());
@@ -62,7 +65,13 @@ public:
       else valid.push_back(std::move(u));
     }
     m_delta.setZero(m_global.size());
-    AggregationReport report = m_aggregator.aggregate(std::span<const ClientUpdate<Scalar>>(valid), m_delta);
+    AggregationReport report;
+    if constexpr (RandomizedAggregator<Agg, Scalar>) {
+      FEDMOE_CHECK(rng != nullptr, "Server::step: a randomised aggregator needs the round's random stream, got none");
+      report = m_aggregator.aggregate(std::span<const ClientUpdate<Scalar>>(valid), m_delta, *rng);
+    } else {
+      report = m_aggregator.aggregate(std::span<const ClientUpdate<Scalar>>(valid), m_delta);
+    }
     report.rejected.insert(report.rejected.end(), extras_report.rejected.begin(), extras_report.rejected.end());
     std::sort(report.rejected.begin(), report.rejected.end(),
               [](const auto& a, const auto& b) { return a.client < b.client; });
