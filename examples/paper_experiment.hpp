@@ -91,7 +91,13 @@ struct Options {
   std::string attack = "none";
   double attackers = 0, attack_scale = 4, attack_noise = 1, client_failure = 0;
   std::vector<std::string> methods{"global", "specialist", "finetuned", "mixture"};
+  // Client-level differential privacy (DP-FedAvg, federated/privacy/dp_mean.hpp): on with --dp-noise.
+  double dp_clip = 0, dp_noise = 0, dp_delta = 1e-5;
+  double dp_adaptive_quantile = -1;  // < 0: fixed clipping
+  double dp_count_noise = 0;         // adaptive clipping's sigma_b; 0: the paper's m / 20
+  double dp_epsilon_budget = 0;      // 0: no budget
 };
+
 
 inline const std::vector<std::string> strategy_names{"fedavg", "fedavgm", "fedadagrad", "fedadam",
                                                      "fedyogi", "fedprox", "scaffold"};
@@ -155,6 +161,29 @@ inline Index per_round_clients(const Options& o, double opt_out) {
   return o.client_fraction > 0 ? clients_for_fraction(o.client_fraction, opted_in) : o.clients_per_round;
 }
 
+inline bool dp_enabled(const Options& o) { return o.dp_noise > 0 || o.dp_clip > 0; }
+
+/// DP's Poisson sampling rate q: --client-fraction, or clients-per-round / opted-in clients.
+inline double dp_sampling_rate(const Options& o, double opt_out) {
+  return o.client_fraction > 0 ? o.client_fraction
+                               : double(o.clients_per_round) / double(std::max<Index>(1, opted_in_clients(o, opt_out)));
+}
+
+inline DpMeanConfig dp_config(const Options& o) {
+  DpMeanConfig c;
+  c.clip_norm = o.dp_clip;
+  c.noise_multiplier = o.dp_noise;
+  if (o.dp_adaptive_quantile >= 0) c.adaptive = AdaptiveClipping{o.dp_adaptive_quantile, 0.2, o.dp_count_noise};
+  return c;
+}
+
+inline PrivacyAccounting privacy_accounting(const Options& o) {
+  PrivacyAccounting a;
+  a.delta = o.dp_delta;
+  if (o.dp_epsilon_budget > 0) a.epsilon_budget = o.dp_epsilon_budget;
+  return a;
+}
+
 /// Every check that needs no data, for every setting of the sweep, before any work starts.
 inline void validate_options(const Options& o) {
   FEDMOE_CHECK(std::find(strategy_names.begin(), strategy_names.end(), o.strategy) != strategy_names.end(),
@@ -163,6 +192,18 @@ inline void validate_options(const Options& o) {
   (void)make_server_optimizer<float>(server_spec(o));  // rejects impossible hyperparameters
   (void)make_aggregator(aggregator_spec(o));
   attack_config(o).validate();
+  if (dp_enabled(o)) {
+    FEDMOE_CHECK(o.dp_noise > 0 && o.dp_clip > 0, "fedmoe-paper: differential privacy needs both --dp-clip C > 0 and ",
+                 "--dp-noise z > 0, got --dp-clip ", o.dp_clip, " and --dp-noise ", o.dp_noise);
+    FEDMOE_CHECK(o.aggregator == "mean" && o.clip_update_norm == 0, "fedmoe-paper: --dp-noise needs --aggregator mean ",
+                 "without --clip-update-norm (DP-FedAvg clips and noises the mean itself; a robust rule's sensitivity to ",
+                 "one client is not the clipping norm, so the accountant would not hold), got --aggregator ",
+                 o.aggregator, (o.clip_update_norm > 0 ? " with --clip-update-norm" : ""));
+    FEDMOE_CHECK(o.strategy != "scaffold", "fedmoe-paper: --dp-noise cannot be combined with --strategy scaffold ",
+                 "(its control variates would be released without noise)");
+    privacy_accounting(o).validate();
+    (void)DpMean(dp_config(o));
+  }
   for (double out : o.opt_out) {
     const Index opted_in = opted_in_clients(o, out);
     FEDMOE_CHECK(opted_in > 0, "fedmoe-paper: opt-out fraction ", out, " leaves no client in the federation (",
@@ -172,6 +213,12 @@ inline void validate_options(const Options& o) {
                  " opted-in clients at opt-out ", out, "; expected at most ", opted_in);
     // The aggregator sees the clients that return: with --attackers and --client-failure the expected number.
     check_aggregator_feasible(aggregator_spec(o), m);
+    if (dp_enabled(o)) {  // Poisson sampling at q; adaptive clipping's noise split must be possible
+      const double q = dp_sampling_rate(o, out);
+      FEDMOE_CHECK(q > 0 && q <= 1, "fedmoe-paper: the DP sampling rate q = ", q, " at opt-out ", out,
+                   " is outside (0, 1]");
+      DpMean(dp_config(o)).set_expected_clients(q * double(opted_in));
+    }
   }
 }
 
@@ -260,6 +307,10 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   fc.threads = o.threads;
   fc.seed = o.seed;
   fc.attack = attack_config(o);
+  if (dp_enabled(o)) {
+    fc.select_on_validation = false;  // the guarantee covers the returned model: the last one, no early stop
+    fc.privacy = privacy_accounting(o);
+  }
   auto transport = runtime.make_transport();
   std::ostringstream label;
   label << "p=" << p << " opt-out=" << opt_out;
@@ -270,6 +321,12 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     progress.line(l.str(), done_before + share * (wants_personalisation(o) ? 0.4 : 1.0) * r / std::max(1, max_r));
   };
   auto federate = [&](auto algorithm) {
+    if (dp_enabled(o)) {
+      Strategy<PoissonSampler, decltype(algorithm), DpMean, AnyOptimizer<float>> strategy{
+          PoissonSampler(dp_sampling_rate(o, opt_out)), std::move(algorithm), DpMean(dp_config(o)),
+          make_server_optimizer<float>(server_spec(o))};
+      return train_federated(model, clients, transport, fc, std::move(strategy), on_round);
+    }
     Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
         UniformSampler(per_round_clients(o, opt_out)), std::move(algorithm), make_aggregator(aggregator_spec(o)),
         make_server_optimizer<float>(server_spec(o))};
@@ -390,7 +447,10 @@ inline nlohmann::json config_json(const Options& o) {
               {"byzantine_bound", o.byzantine_bound}, {"multi_krum_m", o.multi_krum_m},
               {"clip_update_norm", o.clip_update_norm}, {"attack", o.attack}, {"attackers", o.attackers},
               {"attack_scale", o.attack_scale}, {"attack_noise", o.attack_noise},
-              {"client_failure", o.client_failure}, {"methods", o.methods}};
+              {"client_failure", o.client_failure}, {"methods", o.methods}, {"dp_clip", o.dp_clip},
+              {"dp_noise", o.dp_noise}, {"dp_delta", o.dp_delta}, {"dp_adaptive_quantile", o.dp_adaptive_quantile},
+              {"dp_count_noise", o.dp_count_noise},
+              {"dp_epsilon_budget", o.dp_epsilon_budget}};
 }
 
 /// A setting's federation: rounds, early stopping, the validation losses of every check, and per
@@ -414,7 +474,7 @@ inline nlohmann::json federation_json(const Setting& s) {
     rounds["used"].push_back(r.used);
     rounds["stepped"].push_back(r.stepped);
   }
-  return json{{"p", s.p},
+  json doc{{"p", s.p},
               {"opt_out", s.opt_out},
               {"rounds", s.fed.rounds},
               {"best_round", s.fed.best_round},
@@ -422,6 +482,25 @@ inline nlohmann::json federation_json(const Setting& s) {
               {"checks", checks},
               {"per_round", rounds},
               {"seconds", s.seconds}};
+  if (const auto& dp = s.fed.privacy) {
+    json eps = json::array(), clip = json::array();
+    for (const RoundRecord& r : s.fed.history) {
+      eps.push_back(r.epsilon);
+      clip.push_back(std::isfinite(r.clip_norm) ? json(r.clip_norm) : json(nullptr));
+    }
+    doc["per_round"]["epsilon"] = eps;
+    doc["per_round"]["clip_norm"] = clip;
+    doc["dp"] = json{{"epsilon", dp->epsilon},
+                     {"delta", dp->delta},
+                     {"order", dp->order},
+                     {"noise_multiplier", dp->noise_multiplier},
+                     {"sampling_rate", dp->sampling_rate},
+                     {"rounds", dp->rounds},
+                     {"conversion", privacy::to_string(dp->conversion)},
+                     {"budget_stop_round", dp->budget_stop_round > 0 ? json(dp->budget_stop_round) : json(nullptr)},
+                     {"model", "last round (validation losses are reported, not used: they are not privatised)"}};
+  }
+  return doc;
 }
 
 inline nlohmann::json row_json(const Row& r) {
@@ -558,6 +637,13 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
       const auto& s = settings.back();
       if (root) std::cerr << "p=" << p << " opt-out=" << out << ": " << o.strategy << " " << s.fed.rounds << " rounds (best " << s.fed.best_round
                 << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
+      if (root && s.fed.privacy)
+        std::cerr << "  DP: epsilon " << std::setprecision(4) << s.fed.privacy->epsilon << " at delta "
+                  << s.fed.privacy->delta << " (q " << s.fed.privacy->sampling_rate << ", z "
+                  << s.fed.privacy->noise_multiplier << ", " << s.fed.privacy->rounds << " rounds, "
+                  << privacy::to_string(s.fed.privacy->conversion) << " conversion"
+                  << (s.fed.privacy->budget_stop_round > 0 ? ", stopped by the budget" : "") << ")\n"
+                  << std::defaultfloat;
       for (auto& r : summarise(o, s)) rows.push_back(r);
     }
   const double total = std::chrono::duration<double>(Clock::now() - start).count();
@@ -668,6 +754,23 @@ inline void add_options(CLI::App& app, Options& o) {
                  "methods to run and report: global specialist finetuned mixture (global alone skips personalisation)")
       ->check(CLI::IsMember({"global", "specialist", "finetuned", "mixture"}))
       ->expected(1, -1);
+  app.add_option("--dp-clip", o.dp_clip, "DP-FedAvg: clip every update delta to L2 norm C (with --dp-noise)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--dp-noise", o.dp_noise,
+                 "DP-FedAvg: noise multiplier z (noise std z C on the sum); turns on client-level DP with Poisson "
+                 "sampling at q = --client-fraction or clients-per-round / opted-in clients")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--dp-delta", o.dp_delta, "DP: the delta of the reported (epsilon, delta)")
+      ->check(CLI::Range(1e-300, 0.999999));
+  app.add_option("--dp-adaptive-quantile", o.dp_adaptive_quantile,
+                 "DP: adaptive clipping (Andrew et al. 2021) tracking this quantile of the update norms")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--dp-count-noise", o.dp_count_noise,
+                 "DP adaptive clipping: noise std sigma_b of the unclipped count (default m / 20, m = expected clients "
+                 "per round; needs 2 sigma_b > z)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--dp-epsilon-budget", o.dp_epsilon_budget, "DP: stop before the round that would exceed epsilon")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--full", o.full,
                "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
 }
