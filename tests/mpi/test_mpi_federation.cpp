@@ -299,6 +299,65 @@ void malformed_messages(const Vector<float>& global) {
                     "rank 1", "hosted by rank 2");
 }
 
+/// Protocol messages: every rank's hosted clients post (two each, in order), rank 0 receives all of them
+/// sorted by client (stably), answers each client, and each rank receives exactly its clients' answers;
+/// a message misrouted by rank 1 is rejected naming rank 1.
+void protocol_messages() {
+  MpiTransport<float> t;
+  const std::int64_t clients = 7;
+  auto payload = [](std::int64_t c, int k) {
+    return std::vector<std::uint8_t>{std::uint8_t(c), std::uint8_t(k), std::uint8_t(0xA5 ^ c), 0, 255};
+  };
+  for (std::int64_t c = 0; c < clients; ++c)
+    if (t.owns(c))
+      for (int k = 0; k < 2; ++k) t.post({c, payload(c, k)});
+  std::vector<ClientMessage> got = t.collect_posts();
+  std::vector<ClientMessage> answers;
+  if (t.is_server()) {
+    bool ok = got.size() == std::size_t(2 * clients);
+    for (std::size_t i = 0; ok && i < got.size(); ++i)
+      ok = got[i].client == std::int64_t(i / 2) && got[i].bytes == payload(std::int64_t(i / 2), int(i % 2));
+    expect(ok, "collect_posts: every client's two messages, sorted by client, in posting order");
+    for (std::int64_t c = clients - 1; c >= 0; --c) answers.push_back({c, std::vector<std::uint8_t>(std::size_t(c) + 1, 7)});
+  } else {
+    expect(got.empty(), "collect_posts returns nothing on a client rank");
+  }
+  const std::vector<ClientMessage> mine = t.deliver(answers);
+  if (!t.is_server()) {
+    std::int64_t expected = 0;
+    for (std::int64_t c = 0; c < clients; ++c) expected += t.owns(c) ? 1 : 0;
+    bool ok = std::int64_t(mine.size()) == expected;
+    for (std::size_t i = 0; ok && i < mine.size(); ++i)
+      ok = t.owns(mine[i].client) && mine[i].bytes == std::vector<std::uint8_t>(std::size_t(mine[i].client) + 1, 7) &&
+           (i == 0 || mine[i - 1].client < mine[i].client);
+    expect(ok, "deliver: each rank receives exactly its own clients' messages, sorted");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // Misrouted: rank 1 sends a message of a client hosted by rank 2.
+  if (t.size() >= 3) {
+    auto head = encode_frame(FrameKind::count, -1, 1, std::span<const double>());
+    const std::vector<std::uint8_t> bytes{1, 2, 3};
+    auto bad = encode_frame(FrameKind::message, 1, 0, std::span<const std::uint8_t>(bytes));
+    if (t.rank() == 1)
+      for (const auto& f : {head, bad}) MPI_Send(f.data(), int(f.size()), MPI_BYTE, 0, MpiTransport<float>::tag_uplink, MPI_COMM_WORLD);
+    else if (t.rank() > 1) {
+      auto none = encode_frame(FrameKind::count, -1, 0, std::span<const double>());
+      MPI_Send(none.data(), int(none.size()), MPI_BYTE, 0, MpiTransport<float>::tag_uplink, MPI_COMM_WORLD);
+    }
+    if (t.rank() == 0) {
+      try {
+        t.collect_posts();
+        expect(false, "a misrouted protocol message was accepted");
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        expect(msg.find("rank 1") != std::string::npos && msg.find("hosted by rank 2") != std::string::npos,
+               "error '" + msg + "' should name rank 1 and rank 2");
+      }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -333,6 +392,8 @@ int main(int argc, char** argv) {
     compare_strategies(f);
     MPI_Barrier(MPI_COMM_WORLD);
     malformed_messages(over_mpi.global);
+    MPI_Barrier(MPI_COMM_WORLD);
+    protocol_messages();
   } catch (const std::exception& e) {
     std::cerr << "mpi_federation: error on rank " << rank << ": " << e.what() << "\n";
     MpiSession::abort(1);

@@ -47,6 +47,7 @@ enum class FrameKind : std::uint16_t {
   count = 4,   ///< announces how many frames follow; aux = that number, no payload
   value = 5,   ///< one double decided by the server (e.g. the validation loss)
   result = 6,  ///< a client's evaluation metrics (doubles), never model parameters
+  message = 7, ///< an opaque protocol message (bytes) from or to one client (e.g. secure aggregation)
 };
 
 inline const char* to_string(FrameKind k) {
@@ -57,6 +58,7 @@ inline const char* to_string(FrameKind k) {
     case FrameKind::count: return "count";
     case FrameKind::value: return "value";
     case FrameKind::result: return "result";
+    case FrameKind::message: return "message";
   }
   return "unknown";
 }

@@ -15,6 +15,9 @@
 /// | `collect_reports()` | receives every rank's reports, sorted by id  | send a `count` frame, then the queue  |
 /// | `share(v)`          | sends `v`                                    | receive and return rank 0's `v`       |
 /// | `gather_results(r)` | receives the hosted clients' metrics         | send their ClientResult metrics       |
+/// | `post(m)`           | refused (hosts no client)                    | queued locally (thread-safe)          |
+/// | `collect_posts()`   | receives every rank's messages, by client id | send a `count` frame, then the queue  |
+/// | `deliver(ms)`       | sends each rank the messages for its clients | receive theirs, sorted by client id   |
 ///
 /// What crosses the wire is exactly what the federation needs: the global parameters (and the
 /// client algorithm's extra vectors, e.g. SCAFFOLD's c) down; up, the participating clients'
@@ -84,7 +87,8 @@ public:
 template <class Scalar = float>
 class MpiTransport {
 public:
-  static constexpr int tag_uplink = 7301;  ///< updates, reports, results and their count frames
+  static constexpr int tag_uplink = 7301;  ///< updates, reports, results, messages and their count frames
+  static constexpr int tag_downlink = 7302;  ///< messages from rank 0 to the client ranks
 
   explicit MpiTransport(MPI_Comm comm = MPI_COMM_WORLD) : m_comm(comm) {
     MPI_Comm_rank(m_comm, &m_rank);
@@ -202,6 +206,72 @@ public:
     return out;
   }
 
+  /// Queues a protocol message of a hosted client for rank 0 (a `message` frame of bytes).
+  void post(ClientMessage m) {
+    FEDMOE_CHECK(owns(m.client), "MpiTransport::post on rank ", m_rank, ": client ", m.client, " lives on rank ",
+                 m.client >= 0 ? owner(m.client) : -1);
+    std::lock_guard lock(m_mutex);
+    m_outbox.push_back(encode_frame(FrameKind::message, m.client, 0, std::span<const std::uint8_t>(m.bytes)));
+  }
+
+  /// Collective. Rank 0 returns every message posted since the last call, sorted by client id (stably);
+  /// the client ranks send theirs and return nothing.
+  std::vector<ClientMessage> collect_posts() {
+    std::vector<ClientMessage> out;
+    if (!is_server()) {
+      send_outbox();
+      return out;
+    }
+    receive_all(FrameKind::message, -1, [&](const FrameView& f, int from) {
+      check_routing(f, from);
+      ClientMessage m{f.header.client, std::vector<std::uint8_t>(std::size_t(f.header.count))};
+      f.copy_to(std::span<std::uint8_t>(m.bytes));
+      out.push_back(std::move(m));
+    });
+    detail::sort_messages(out);
+    return out;
+  }
+
+  /// Collective. Rank 0 sends each client rank a `count` frame and the messages addressed to its clients
+  /// (rank 0 refuses a message to a client id < 0); each client rank returns those, sorted by client.
+  std::vector<ClientMessage> deliver(std::vector<ClientMessage> messages) {
+    std::vector<ClientMessage> out;
+    if (is_server()) {
+      detail::sort_messages(messages);
+      std::vector<std::vector<std::vector<std::byte>>> per_rank{std::size_t(m_size)};
+      for (const auto& m : messages) {
+        FEDMOE_CHECK(m.client >= 0, "MpiTransport::deliver: a message to client ", m.client, ", expected an id >= 0");
+        per_rank[std::size_t(owner(m.client))].push_back(
+            encode_frame(FrameKind::message, m.client, 0, std::span<const std::uint8_t>(m.bytes)));
+      }
+      for (int to = 1; to < m_size; ++to) {
+        const auto& frames = per_rank[std::size_t(to)];
+        const auto head = encode_frame(FrameKind::count, -1, std::int64_t(frames.size()), std::span<const double>());
+        MPI_Send(head.data(), int(head.size()), MPI_BYTE, to, tag_downlink, m_comm);
+        for (const auto& f : frames) {
+          FEDMOE_CHECK(f.size() < (std::size_t(1) << 31), "MpiTransport: a frame of ", f.size(),
+                       " bytes, expected < 2^31 (MPI message size limit)");
+          MPI_Send(f.data(), int(f.size()), MPI_BYTE, to, tag_downlink, m_comm);
+        }
+      }
+      return out;
+    }
+    const auto head = receive_from(0, tag_downlink);
+    const std::int64_t n = check_frame<double>(head, FrameKind::count, 0, "rank 0").header.aux;
+    FEDMOE_CHECK(n >= 0, "message from rank 0: announces ", n, " frames, expected >= 0");
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto bytes = receive_from(0, tag_downlink);
+      const FrameView f = check_frame<std::uint8_t>(bytes, FrameKind::message, -1, "rank 0");
+      FEDMOE_CHECK(owns(f.header.client), "message from rank 0: a message for client ", f.header.client,
+                   ", which rank ", m_rank, " does not host");
+      ClientMessage m{f.header.client, std::vector<std::uint8_t>(std::size_t(f.header.count))};
+      f.copy_to(std::span<std::uint8_t>(m.bytes));
+      out.push_back(std::move(m));
+    }
+    detail::sort_messages(out);
+    return out;
+  }
+
   /// Collective: rank 0's `value` on every rank.
   double share(double value) {
     std::vector<std::byte> frame;
@@ -310,14 +380,14 @@ private:
     }
   }
 
-  /// Rank 0: one message from `from`, sized by probing.
-  std::vector<std::byte> receive_from(int from) {
+  /// One message from `from` with `tag`, sized by probing.
+  std::vector<std::byte> receive_from(int from, int tag = tag_uplink) {
     MPI_Status status;
-    MPI_Probe(from, tag_uplink, m_comm, &status);
+    MPI_Probe(from, tag, m_comm, &status);
     int n = 0;
     MPI_Get_count(&status, MPI_BYTE, &n);
     std::vector<std::byte> bytes(std::size_t(std::max(n, 0)));
-    MPI_Recv(bytes.data(), n, MPI_BYTE, from, tag_uplink, m_comm, MPI_STATUS_IGNORE);
+    MPI_Recv(bytes.data(), n, MPI_BYTE, from, tag, m_comm, MPI_STATUS_IGNORE);
     return bytes;
   }
 
@@ -332,6 +402,7 @@ private:
       for (std::int64_t i = 0; i < n; ++i) {
         const auto bytes = receive_from(from);
         if (kind == FrameKind::update) on_frame(check_frame<Scalar>(bytes, kind, expected_count, source), from);
+        else if (kind == FrameKind::message) on_frame(check_frame<std::uint8_t>(bytes, kind, expected_count, source), from);
         else on_frame(check_frame<double>(bytes, kind, expected_count, source), from);
       }
     }

@@ -20,6 +20,15 @@
 /// calls in the same order. A transport without these members is a single process that is
 /// server and hosts every client (`transport_is_server`, `transport_owns`, `transport_share`
 /// below supply those defaults), so the in-process path runs exactly as before.
+///
+/// Protocol messages (optional members, the MessageTransport concept; what multi-step protocols such as
+/// secure aggregation exchange, as opaque bytes the protocol itself authenticates):
+///  - `post(message)`: a hosted client queues a message to the server (thread-safe);
+///  - `collect_posts()`: collective; the server process receives every message posted since the last
+///    call, sorted by client id (stable: a client's messages in posting order); others get none;
+///  - `deliver(messages)`: collective; the server's messages, each addressed to `message.client`, reach
+///    the process hosting that client, which receives those (sorted by client id, stably); the server's
+///    argument is ignored on the other processes.
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
@@ -37,6 +46,25 @@ struct ValidationReport {
   double loss_sum = 0;  ///< sum of per-sample cross-entropies
   Index samples = 0;
 };
+
+/// An opaque protocol message between one client and the server (see "Protocol messages").
+struct ClientMessage {
+  std::int64_t client = -1;  ///< the sender (uplink) or the recipient (downlink)
+  std::vector<std::uint8_t> bytes;
+};
+
+template <class T>
+concept MessageTransport = requires(T t, ClientMessage m, std::vector<ClientMessage> ms) {
+  t.post(std::move(m));
+  { t.collect_posts() } -> std::same_as<std::vector<ClientMessage>>;
+  { t.deliver(std::move(ms)) } -> std::same_as<std::vector<ClientMessage>>;
+};
+
+namespace detail {
+inline void sort_messages(std::vector<ClientMessage>& ms) {
+  std::stable_sort(ms.begin(), ms.end(), [](const auto& a, const auto& b) { return a.client < b.client; });
+}
+}  // namespace detail
 
 template <class T, class Scalar = float>
 concept Transport = requires(T t, const Vector<Scalar>& global, const std::vector<Vector<Scalar>>& extras,
@@ -117,7 +145,25 @@ public:
     return out;
   }
 
+  void post(ClientMessage m) {
+    std::lock_guard lock(m_mutex);
+    m_posts.push_back(std::move(m));
+  }
+  std::vector<ClientMessage> collect_posts() {
+    std::lock_guard lock(m_mutex);
+    std::vector<ClientMessage> out = std::move(m_posts);
+    m_posts.clear();
+    detail::sort_messages(out);
+    return out;
+  }
+  /// One process hosts every client: the messages come straight back, sorted by recipient.
+  std::vector<ClientMessage> deliver(std::vector<ClientMessage> messages) {
+    detail::sort_messages(messages);
+    return messages;
+  }
+
 private:
+  std::vector<ClientMessage> m_posts;
   Observer m_observer;
   ReportObserver m_report_observer;
   std::vector<ValidationReport> m_reports;
