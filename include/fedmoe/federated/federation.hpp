@@ -182,6 +182,12 @@ public:
 private:
   static constexpr bool is_private = DifferentiallyPrivate<Agg>;
 
+  // A transport that aggregates securely hands the server one pre-averaged update: DP-FedAvg's noise
+  // would then be calibrated to the wrong sensitivity (distributed DP is not implemented).
+  static_assert(!(is_private && requires { T::aggregates_securely; }),
+                "train_federated: differential privacy (DpMean) cannot be combined with secure aggregation: the "
+                "server only sees the sum, so it cannot clip the clients' updates (distributed DP is not implemented)");
+
   void start_accounting() {
     static_assert(std::same_as<Smp, PoissonSampler>,
                   "train_federated: a differentially private aggregator needs PoissonSampler (the RDP accountant "

@@ -99,6 +99,8 @@ template <class Inner, class Scalar = float>
 class SecureAggregationTransport {
 public:
   static constexpr std::int64_t secure_sum_client = -1;
+  /// train_federated refuses a DP aggregator over this transport (see federation.hpp).
+  static constexpr bool aggregates_securely = true;
 
   SecureAggregationTransport(Inner& inner, SecureAggregationConfig config) : m_inner(inner), m_config(std::move(config)) {
     m_config.validate();
