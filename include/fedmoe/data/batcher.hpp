@@ -74,7 +74,7 @@ public:
       FEDMOE_CHECK(m_order[j] >= 0 && m_order[j] < data.size(), "Batcher: expected indices in [0, ", data.size(),
                    "), got ", m_order[j], " at position ", j);
     const Index n = size();
-    m_num_batches = (n + batch_size - 1) / batch_size;
+    m_num_batches = n / batch_size + (n % batch_size != 0);  // ceil without n + batch_size - 1 (overflows)
     const Index full = std::min(batch_size, n);
     const Index tail = n - (m_num_batches - 1) * batch_size;
     m_full_inputs.resize(data.inputs.rows(), full);

@@ -66,6 +66,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iomanip>
+#include <limits>
 #include <numeric>
 #include <span>
 #include <sstream>
@@ -152,12 +153,26 @@ inline std::vector<Index> class_histogram(std::span<const Index> indices, const 
 
 namespace detail {
 
+/// Most samples per client and split: sizes go through double (round(p n), the quantity-skew
+/// shares), which is exact for integers up to 2^53.
+inline constexpr Index max_split_size = Index(1) << 53;
+
 inline void check_partition_spec(const PartitionSpec& s, const char* who) {
   FEDMOE_CHECK(s.clients > 0, who, ": expected clients > 0, got ", s.clients);
   FEDMOE_CHECK(s.n_train > 0, who, ": expected n_train > 0, got ", s.n_train);
   FEDMOE_CHECK(s.n_val >= 0, who, ": expected n_val >= 0, got ", s.n_val);
   FEDMOE_CHECK(s.n_test >= 0, who, ": expected n_test >= 0, got ", s.n_test);
+  using Count = std::pair<const char*, Index>;
+  for (const auto& [name, n] : {Count{"n_train", s.n_train}, Count{"n_val", s.n_val}, Count{"n_test", s.n_test}})
+    FEDMOE_CHECK(n <= max_split_size, who, ": expected ", name, " <= 2^53 (", max_split_size, "), got ", n);
   FEDMOE_CHECK(s.p >= 0 && s.p <= 1, who, ": expected 0 <= p <= 1, got ", s.p);  // NaN fails too
+  // The totals over all clients are computed in Index: refuse a product that would overflow (undefined
+  // behaviour) before it is formed. n_train + n_val <= 2^54 cannot overflow.
+  constexpr Index most = std::numeric_limits<Index>::max();
+  FEDMOE_CHECK(s.clients <= most / (s.n_train + s.n_val), who, ": expected clients x (n_train + n_val) <= ", most,
+               " (the largest Index), got ", s.clients, " x (", s.n_train, " + ", s.n_val, ")");
+  FEDMOE_CHECK(s.n_test == 0 || s.clients <= most / s.n_test, who, ": expected clients x n_test <= ", most,
+               " (the largest Index), got ", s.clients, " x ", s.n_test);
 }
 
 inline void check_partition_labels(const Labels& labels, Index classes, const char* who, const char* split) {
@@ -246,11 +261,13 @@ inline std::vector<Index> majority_counts(Index n, double p, Index classes, std:
   return counts;
 }
 
-inline void check_train_total(Index needed, Index clients, Index n_train, Index n_val, Index available,
-                              const char* who) {
+/// Throws unless the training split holds clients x (n_train + n_val) samples (a spec that passed
+/// check_partition_spec, so the product does not overflow).
+inline void check_train_total(const PartitionSpec& s, Index available, const char* who) {
+  const Index needed = s.clients * (s.n_train + s.n_val);
   FEDMOE_CHECK(needed <= available, who, ": needs ", needed, " training samples (train + val over all clients: ",
-               clients, " clients x (n_train ", n_train, " + n_val ", n_val, ")), the training split has only ",
-               available);
+               s.clients, " clients x (n_train ", s.n_train, " + n_val ", s.n_val,
+               ")), the training split has only ", available);
 }
 
 inline void sort_split(ClientSplit& s) {
@@ -329,8 +346,7 @@ inline Partition partition_majority(const Labels& train_labels, const Labels& te
                classes, " with p = ", spec.p);
   detail::check_partition_labels(train_labels, classes, who, "training");
   detail::check_partition_labels(test_labels, classes, who, "test");
-  detail::check_train_total(spec.clients * (spec.n_train + spec.n_val), spec.clients, spec.n_train, spec.n_val,
-                            train_labels.size(), who);
+  detail::check_train_total(spec, train_labels.size(), who);
 
   // Plan: pairs and per-client per-class counts, then check capacity, then draw.
   const auto pairs = detail::majority_pairs(spec.clients, classes, rng);
@@ -378,8 +394,7 @@ inline Partition partition_iid(const Labels& train_labels, const Labels& test_la
   detail::check_partition_spec(spec, who);
   detail::check_partition_labels(train_labels, classes, who, "training");
   detail::check_partition_labels(test_labels, classes, who, "test");
-  detail::check_train_total(spec.clients * (spec.n_train + spec.n_val), spec.clients, spec.n_train, spec.n_val,
-                            train_labels.size(), who);
+  detail::check_train_total(spec, train_labels.size(), who);
   const std::size_t K = std::size_t(spec.clients);
   Partition out = detail::partition_iid_sizes(train_labels, test_labels, classes, std::vector<Index>(K, spec.n_train),
                                               std::vector<Index>(K, spec.n_val), std::vector<Index>(K, spec.n_test),
@@ -397,8 +412,7 @@ inline Partition partition_dirichlet(const Labels& train_labels, const Labels& t
   FEDMOE_CHECK(alpha > 0 && std::isfinite(alpha), who, ": expected a finite alpha > 0, got ", alpha);
   detail::check_partition_labels(train_labels, classes, who, "training");
   detail::check_partition_labels(test_labels, classes, who, "test");
-  detail::check_train_total(spec.clients * (spec.n_train + spec.n_val), spec.clients, spec.n_train, spec.n_val,
-                            train_labels.size(), who);
+  detail::check_train_total(spec, train_labels.size(), who);
   FEDMOE_CHECK(spec.n_test <= test_labels.size(), who, ": needs ", spec.n_test,
                " distinct test samples per client, the test split has only ", test_labels.size());
 
@@ -465,8 +479,7 @@ inline Partition partition_quantity_skew(const Labels& train_labels, const Label
   FEDMOE_CHECK(sigma >= 0 && std::isfinite(sigma), who, ": expected a finite sigma >= 0, got ", sigma);
   detail::check_partition_labels(train_labels, classes, who, "training");
   detail::check_partition_labels(test_labels, classes, who, "test");
-  detail::check_train_total(spec.clients * (spec.n_train + spec.n_val), spec.clients, spec.n_train, spec.n_val,
-                            train_labels.size(), who);
+  detail::check_train_total(spec, train_labels.size(), who);
   std::vector<double> w(std::size_t(spec.clients));
   for (double& v : w) v = std::exp(sigma * rng.normal());
   Partition out = detail::partition_iid_sizes(train_labels, test_labels, classes,

@@ -11,8 +11,18 @@
 /// - `backward(x, dy, input_grad) -> const Matrix&`: after forward(x), sets `gradients()` to
 ///   dL/dparams given dy = dL/doutput (overwrites, does not accumulate); returns dL/dx when
 ///   `input_grad` is true (else an empty matrix).
+///
+/// Optionally `input_shape() -> Shape`, the shape of one input sample (Sequential has it). A model
+/// without it reads flat vectors: its input shape is {input_size(), 1, 1} (input_shape_of).
+///
+/// **Shapes, not sizes.** Wherever a model meets a Dataset (evaluate, train_epoch, fit, the mixture
+/// and the mixture-of-experts layer), the model's input shape must equal the data's sample shape, not
+/// only its size: a 14 x 56 image has the 784 values of a 28 x 28 one, and a CNN built for 28 x 28 would
+/// train on it without a complaint. A model whose first layer is Dense reads any shape (it flattens), so
+/// build it for the data's shape (mlp(Shape{1, 28, 28}) for Fashion-MNIST).
 #include <concepts>
 
+#include "../core/error.hpp"
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
 
@@ -31,5 +41,21 @@ concept Model = requires(M m, const M cm, const Matrix<typename M::scalar_type>&
   { m.forward(x, Mode::train, rng) } -> std::same_as<const Matrix<typename M::scalar_type>&>;
   { m.backward(x, x, true) } -> std::same_as<const Matrix<typename M::scalar_type>&>;
 };
+
+/// The shape of one input sample of `model`: its input_shape(), or {input_size(), 1, 1} for a model
+/// that reads flat vectors.
+template <class M>
+Shape input_shape_of(const M& model) {
+  if constexpr (requires { { model.input_shape() } -> std::convertible_to<Shape>; }) return model.input_shape();
+  else return Shape{model.input_size(), 1, 1};
+}
+
+/// Throws unless a model whose samples have shape `model_shape` may read data whose samples have shape
+/// `data_shape`: the shapes must be equal (see "Shapes, not sizes" above). The message names both.
+inline void check_sample_shape(const char* who, Shape model_shape, Shape data_shape) {
+  FEDMOE_CHECK(model_shape == data_shape, who, ": the model expects samples of shape ", model_shape,
+               ", the data has samples of shape ", data_shape,
+               (model_shape.size() == data_shape.size() ? " (the same number of values, in another shape)" : ""));
+}
 
 }  // namespace fedmoe

@@ -28,7 +28,7 @@ public:
     auto& r = this->m_routing;
     const Matrix<Scalar>& probs = this->m_probs;
     const Index e = this->experts(), t = x.cols();
-    r.capacity = std::min(t, this->capacity(t));
+    r.capacity = this->capacity(t, t);
     if (!reuse) {
       r.indices.setConstant(-1);
       m_perm.resize(t);

@@ -73,7 +73,7 @@ struct Routing {
   Index experts = 0;   ///< E
   Index tokens = 0;    ///< T
   Index slots = 0;     ///< rows of weights / indices
-  Index capacity = 0;  ///< max tokens an expert accepts (tokens * slots when uncapped)
+  Index capacity = 0;  ///< max tokens an expert accepts, at most `tokens` (= tokens when uncapped)
   Index dropped = 0;   ///< (token, choice) pairs dropped by the capacity limit
   Matrix<Scalar> weights;       ///< slots x tokens combine weights, 0 in empty slots
   IndexMatrix indices;          ///< slots x tokens expert ids, -1 in empty slots
@@ -169,10 +169,20 @@ inline void check_capacity_factor(const char* who, double factor) {
   FEDMOE_CHECK(factor > 0 && std::isfinite(factor), who, ": expected a finite capacity factor > 0, got ", factor);
 }
 
-/// ceil(numerator * factor / experts), at least 1 (factor > 0, numerator > 0).
-inline Index capacity(Index numerator, Index experts, double factor) {
+/// min(ceil(numerator * factor / experts), limit), at least 1 (factor finite > 0, numerator > 0, limit > 0).
+///
+/// `limit` is the most pairs one expert can ever receive in the call (the token count: a token's
+/// slots name distinct experts), so a capacity above it is the same rule, "nothing dropped": the
+/// comparison is made in double, before the conversion, so that any finite factor (1e300 too) is
+/// defined behaviour and routes exactly as an unlimited capacity would. (Converting an out-of-range
+/// double to an integer is undefined behaviour; with 1e300 the capacity used to come out as 1.)
+inline Index capacity(Index numerator, Index experts, double factor, Index limit) {
+  FEDMOE_CHECK(numerator > 0 && experts > 0 && limit > 0, "capacity: expected numerator, experts and limit > 0, got ",
+               numerator, ", ", experts, " and ", limit);
+  check_capacity_factor("capacity", factor);
   const double c = std::ceil(static_cast<double>(numerator) * factor / static_cast<double>(experts) - 1e-9);
-  return std::max<Index>(1, static_cast<Index>(c));
+  if (!(c < static_cast<double>(limit))) return limit;  // also +inf (numerator * factor overflowed)
+  return std::max<Index>(1, static_cast<Index>(c));     // 0 < c < limit: representable
 }
 
 /// Squared coefficient of variation with the unbiased variance, as the reference implementations:
@@ -514,8 +524,11 @@ protected:
     check_capacity_factor(name, capacity_factor);
   }
 
-  /// ceil(numerator * capacity_factor / experts), at least 1.
-  Index capacity(Index numerator) const { return detail::capacity(numerator, this->m_router.experts, m_factor); }
+  /// min(ceil(numerator * capacity_factor / experts), tokens), at least 1 (see detail::capacity: an
+  /// expert never receives more than `tokens` pairs, so a larger capacity drops nothing either).
+  Index capacity(Index numerator, Index tokens) const {
+    return detail::capacity(numerator, this->m_router.experts, m_factor, tokens);
+  }
 
   /// Forward prologue: begin_forward (returns its reuse flag), then the probabilities of x's tokens.
   template <class In>

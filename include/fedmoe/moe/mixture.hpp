@@ -47,7 +47,17 @@ public:
     FEDMOE_CHECK(gate.input_size() == specialist.input_size() && global.input_size() == specialist.input_size(),
                  "Mixture: expected gate, specialist and global inputs of size ", specialist.input_size(), ", got ",
                  gate.input_size(), " and ", global.input_size());
+    // Shapes, not sizes (models/model.hpp): the three read the same samples.
+    const Shape shape = input_shape_of(specialist);
+    FEDMOE_CHECK(input_shape_of(gate) == shape && input_shape_of(global) == shape,
+                 "Mixture: expected the gate and the global model to take samples of shape ", shape,
+                 " (the specialist's), got ", input_shape_of(gate), " (gate) and ", input_shape_of(global),
+                 " (global)");
   }
+
+  /// The shape of one input sample (the specialist's, which the gate and the global model share).
+  Shape input_shape() const { return input_shape_of(*m_spec); }
+  Index input_size() const { return m_spec->input_size(); }
 
   Gate& gate() { return *m_gate; }
   Specialist& specialist() { return *m_spec; }

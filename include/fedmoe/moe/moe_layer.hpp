@@ -45,9 +45,21 @@ public:
       FEDMOE_CHECK(ex.output_size() == m_out, "MoeLayer: expected expert ", e, " to have ", m_out,
                    " outputs (as expert 0), got ", ex.output_size());
     });
+    // Shapes, not sizes (models/model.hpp): every expert reads the samples in one shape, and a gate with
+    // an input shape (ModelGate) reads them in that shape too; a linear gate reads any shape flattened.
+    m_shape = input_shape_of(std::get<0>(m_experts));
+    for_each_expert([&](auto& ex, Index e) {
+      FEDMOE_CHECK(input_shape_of(ex) == m_shape, "MoeLayer: expected expert ", e, " to take samples of shape ",
+                   m_shape, " (as expert 0), got ", input_shape_of(ex));
+    });
+    if constexpr (requires { { m_gate.input_shape() } -> std::convertible_to<Shape>; })
+      FEDMOE_CHECK(m_gate.input_shape() == m_shape, "MoeLayer: expected a gate taking samples of shape ", m_shape,
+                   " (the experts'), got ", m_gate.input_shape());
   }
 
   Index input_size() const { return m_gate.input_size(); }
+  /// The shape of one input sample: the experts' (models/model.hpp: input_shape_of).
+  Shape input_shape() const { return m_shape; }
   Index output_size() const { return m_out; }
   G& gate() { return m_gate; }
   const G& gate() const { return m_gate; }
@@ -134,6 +146,7 @@ private:
   G m_gate;
   std::tuple<Experts...> m_experts;
   Index m_out = 0;
+  Shape m_shape{};
   bool m_has_forward = false;
   Matrix<Scalar> m_y, m_dw, m_dx;
   std::array<Matrix<Scalar>, num_experts> m_xe, m_dye;

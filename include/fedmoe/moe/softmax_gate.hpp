@@ -141,6 +141,8 @@ public:
 
   Index num_params() const { return m_trunk.num_params(); }
   Index input_size() const { return m_trunk.input_size(); }
+  /// The trunk's input shape (models/model.hpp: input_shape_of).
+  Shape input_shape() const { return input_shape_of(m_trunk); }
   Index experts() const { return m_trunk.output_size(); }
   Index slots() const { return experts(); }
   Vector<Scalar>& parameters() { return m_trunk.parameters(); }

@@ -3,7 +3,7 @@
 /// @brief Switch top-1 routing with a capacity limit (Fedus et al. 2021, "Switch Transformers").
 ///
 /// p_t = softmax(W x_t + b) over E experts; token t goes to e_t = argmax_e p_et (ties: lower index)
-/// with combine weight p_{e_t t}. Capacity C = ceil(T / E * capacity_factor): tokens are admitted
+/// with combine weight p_{e_t t}. Capacity C = min(ceil(T / E * capacity_factor), T): tokens are admitted
 /// in token order and an expert's tokens beyond its first C are dropped (slot index -1, weight 0;
 /// the caller's residual path carries them). Slots = 1.
 /// Auxiliary load-balancing loss: balance = E * sum_e f_e * P_e with f_e the fraction of tokens
@@ -28,7 +28,7 @@ public:
     auto& r = this->m_routing;
     const Matrix<Scalar>& probs = this->m_probs;
     const Index e = this->experts(), t = x.cols();
-    r.capacity = this->capacity(t);
+    r.capacity = this->capacity(t, t);
     if (!reuse) {
       m_choice.resize(t);
       m_count.setZero(e);

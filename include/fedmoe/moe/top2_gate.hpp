@@ -4,10 +4,10 @@
 ///
 /// p_t = softmax(W x_t + b); the first choice e1 = argmax p_t, the second e2 = argmax over the
 /// others (deterministic; GShard's random second-expert dispatch is not used). Capacity
-/// C = ceil(2 T / E * capacity_factor). Positions are assigned as in GShard / fairseq: all first
-/// choices in token order, then all second choices in token order after them; a choice whose
-/// position is >= C is dropped (slot index -1). The kept choices' weights are renormalised:
-/// w_i = p_{e_i} / sum_{kept j} p_{e_j} (both 0 when both are dropped). Slots = 2.
+/// C = min(ceil(2 T / E * capacity_factor), T) (an expert never gets more than T pairs). Positions
+/// are assigned as in GShard / fairseq: all first choices in token order, then all second choices
+/// in token order after them; a choice whose position is >= C is dropped (slot index -1). The kept
+/// choices' weights are renormalised: w_i = p_{e_i} / sum_{kept j} p_{e_j} (both 0 when both are dropped). Slots = 2.
 /// Auxiliary loss: balance = E * sum_e f_e P_e, f_e the fraction of tokens whose first choice is e
 /// (before dropping), P_e = mean_t p_et. z-loss as everywhere. Selection fixed in backward.
 #include "gate.hpp"
@@ -29,7 +29,7 @@ public:
     auto& r = this->m_routing;
     const Matrix<Scalar>& probs = this->m_probs;
     const Index e = this->experts(), t = x.cols();
-    r.capacity = this->capacity(2 * t);
+    r.capacity = this->capacity(2 * t, t);
     if (!reuse) {
       m_choice.resize(2, t);
       m_count.setZero(e);

@@ -6,8 +6,14 @@
 /// - `train_epoch(model, opt, batcher, rng)`: one shuffled pass of mini-batch steps.
 /// - `fit(model, opt, data, train, val, config, rng)`: the paper's local protocol: up to
 ///   `max_epochs`, validate every `check_every` epochs, stop after `patience` checks without
-///   improvement, and **restore the best weights**.
+///   improvement, and **restore the best weights**. Without validation data (an empty `val`) there is
+///   nothing to select on: every epoch runs and the last weights are kept, and the FitResult says so
+///   (`validated` false, best_val_loss NaN), never a "best" loss of 0.
+///
+/// Each of them first checks that the model's input shape is the data's sample shape (shapes, not
+/// sizes: see models/model.hpp).
 #include <cmath>
+#include <limits>
 #include <span>
 #include <utility>
 
@@ -34,8 +40,12 @@ struct FitConfig {
 
 struct FitResult {
   int epochs = 0;            ///< epochs run
-  int best_epoch = 0;        ///< epoch whose weights were restored (0: the starting weights)
-  double best_val_loss = 0;  ///< validation loss of the restored weights
+  int best_epoch = 0;        ///< epoch whose weights were kept (0: the starting weights)
+  double best_val_loss = 0;  ///< validation loss of the kept weights (NaN: no validation data)
+  /// true: selected on validation (early_stopped_loop). false: no validation data, so no early
+  /// stopping: every epoch ran and the last weights were kept (best_epoch = epochs). A FitResult made
+  /// anywhere but in early_stopped_loop is therefore "not validated" unless it says otherwise.
+  bool validated = false;
 };
 
 namespace detail {
@@ -64,6 +74,7 @@ template <Model M>
 EvalResult evaluate(M& model, const Dataset<typename M::scalar_type>& data, std::span<const Index> indices,
                     Index chunk = 500) {
   using S = typename M::scalar_type;
+  check_sample_shape("evaluate", input_shape_of(model), data.shape);
   FEDMOE_CHECK(!indices.empty(), "evaluate: expected a non-empty index list, got 0 indices");
   CrossEntropy<S> ce;
   double loss = 0;
@@ -81,6 +92,7 @@ EvalResult evaluate(M& model, const Dataset<typename M::scalar_type>& data, std:
 template <Model M, Optimizer O>
 double train_epoch(M& model, O& opt, Batcher<typename M::scalar_type>& batcher, Rng& rng) {
   using S = typename M::scalar_type;
+  check_sample_shape("train_epoch", input_shape_of(model), batcher.dataset().shape);
   thread_local Matrix<S> grad;  // reused across calls: no allocation in steady state
   CrossEntropy<S> ce;
   batcher.shuffle(rng);
@@ -115,6 +127,7 @@ FitResult early_stopped_loop(const FitConfig& config, EpochFn&& epoch, ValidateF
     }
   };
   FitResult result;
+  result.validated = true;
   observe(validate());  // the starting weights are a candidate too
   for (int e = 1; e <= config.max_epochs; ++e) {
     epoch();
@@ -132,17 +145,24 @@ FitResult early_stopped_loop(const FitConfig& config, EpochFn&& epoch, ValidateF
   return result;
 }
 
+/// The FitResult of a run without validation data: `epochs` epochs, the last weights kept.
+inline FitResult unvalidated_fit(int epochs) {
+  return {epochs, epochs, std::numeric_limits<double>::quiet_NaN(), false};
+}
+
 /// Trains `model` on `train` with early stopping on `val` (cross-entropy), restoring the best weights.
-/// With an empty `val`, trains for max_epochs and keeps the last weights.
+/// With an empty `val`, trains for max_epochs and keeps the last weights (FitResult::validated false).
 template <Model M, Optimizer O>
 FitResult fit(M& model, O& opt, const Dataset<typename M::scalar_type>& data, std::span<const Index> train,
               std::span<const Index> val, const FitConfig& config, Rng& rng) {
   using S = typename M::scalar_type;
+  check_sample_shape("fit", input_shape_of(model), data.shape);
+  FEDMOE_CHECK(config.max_epochs >= 0, "fit: expected max_epochs >= 0, got ", config.max_epochs);
   Batcher<S> batcher(data, train, config.batch_size);
   auto epoch = [&] { train_epoch(model, opt, batcher, rng); };
   if (val.empty()) {
     for (int e = 0; e < config.max_epochs; ++e) epoch();
-    return {config.max_epochs, config.max_epochs, 0.0};
+    return unvalidated_fit(config.max_epochs);
   }
   return early_stopped_loop<S>(config, epoch, [&] { return evaluate(model, data, val).loss; },
                                {std::ref(model.parameters())});
