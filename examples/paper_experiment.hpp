@@ -13,21 +13,35 @@
 // A runtime provides: `bool is_root() const` (this process prints and writes the outputs),
 // `make_transport()` (a fresh transport per setting, returned by value), and
 // `void json_timing(nlohmann::json&) const` (extra fields of the JSON "timing" object).
+//
+// Nothing runs before everything that can be checked is: every flag's value (for_each_flag lists each
+// flag once with its accepted values, for the command line and for validate_options), the combinations
+// of flags for every setting of the sweep, the output files (they can be created; gnuplot runs), and,
+// once the data is loaded, the model's input shape and every setting's partition. A failed output
+// (a full disk, /dev/full, a gnuplot error) is an error: the program exits non-zero and no half-written
+// file is left under the name given (output_file.hpp).
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include <fedmoe/data/partition.hpp>
 #include <fedmoe/federated/aggregators/any_aggregator.hpp>
@@ -37,6 +51,9 @@
 #include <fedmoe/io/idx.hpp>
 #include <fedmoe/io/npy.hpp>
 #include <fedmoe/models/paper.hpp>
+
+#include "flag_checks.hpp"
+#include "output_file.hpp"
 
 namespace fedmoe_paper {
 
@@ -56,7 +73,7 @@ struct Options {
   std::string dataset = "fashion-mnist";  // fashion-mnist | idx | npy
   std::string model = "cnn";              // cnn | mlp
   Index clients = 20;
-  Index n_train = 100, n_val = 200, n_test = 200;
+  Index n_train = 100, n_val = 200, n_test = 200;  // n_val 0: no validation, no early stopping
   std::string partition = "majority";  // majority | dirichlet | iid
   double alpha = 0.5;
   std::vector<double> p{0.5, 0.8, 1.0};
@@ -93,7 +110,7 @@ struct Options {
   std::vector<std::string> methods{"global", "specialist", "finetuned", "mixture"};
   // Client-level differential privacy (DP-FedAvg, federated/privacy/dp_mean.hpp): on with --dp-noise.
   double dp_clip = 0, dp_noise = 0, dp_delta = 1e-5;
-  double dp_adaptive_quantile = -1;  // < 0: fixed clipping
+  double dp_adaptive_quantile = -1;  // -1: fixed clipping
   double dp_count_noise = 0;         // adaptive clipping's sigma_b; 0: the paper's m / 20
   double dp_epsilon_budget = 0;      // 0: no budget
 };
@@ -184,11 +201,139 @@ inline PrivacyAccounting privacy_accounting(const Options& o) {
   return a;
 }
 
-/// Every check that needs no data, for every setting of the sweep, before any work starts.
+/// The limits of the flags that count things (reasonable upper bounds, so that no product of them can
+/// overflow before the data decides; check_against_data then holds them to the data):
+/// clients (and per-round counts, Krum's f and m) at most 2^20, because train_federated's client ids
+/// select random streams and must be < 2^20; per-client sample counts, --batch and --global-test at most
+/// 2^31 - 1; rounds and epochs at most 2^31 - 1 (an int); threads at most 1024 (each holds copies of the
+/// models). Seeds: any decimal integer in [0, 2^64 - 1] (a negative seed is refused, not wrapped).
+inline constexpr Index max_clients = Index(1) << 20;
+inline constexpr Index max_samples = std::numeric_limits<std::int32_t>::max();
+inline constexpr int max_count = std::numeric_limits<int>::max();
+inline constexpr std::size_t max_threads = 1024;
+
+/// Every flag with a value, in --help order: `flag(name, field, accepted, help)` for each, where
+/// `accepted` is a flags::Integer, flags::Real, flags::Choice or flags::Text. add_options registers
+/// them with CLI11 (a bad value is refused while parsing) and validate_options checks the parsed or
+/// programmatically set Options against the same list, so no flag is checked in one and not the other.
+/// (--full, a switch, is not here.)
+template <class O, class F>
+void for_each_flag(O& o, F&& flag) {
+  using namespace flags;
+  const Integer<Index> clients{1, max_clients}, samples{1, max_samples}, some_samples{0, max_samples},
+      up_to_clients{0, max_clients};
+  const Integer<int> at_least_one{1, max_count}, any_count{0, max_count};
+  const Real fraction{0, 1}, below_one{0, 0.99};
+  flag("--data", o.data, Text{}, "data directory (IDX .gz files, or train_x/train_y/test_x/test_y .npy)");
+  flag("--dataset", o.dataset, Choice{{"fashion-mnist", "idx", "npy"}},
+       "fashion-mnist | idx (any MNIST-format IDX set of 28 x 28 images) | npy");
+  flag("--model", o.model, Choice{{"cnn", "mlp"}}, "cnn | mlp (both take 1 x 28 x 28 images)");
+  flag("--clients", o.clients, clients, "number of clients (at most 2^20)");
+  flag("--train-per-client", o.n_train, samples, "training samples per client");
+  flag("--val-per-client", o.n_val, some_samples,
+       "validation samples per client. 0: no validation data, so no early stopping and no model selection: "
+       "every one of --rounds rounds and --max-epochs local epochs runs and the last models are kept (the "
+       "JSON's \"model_selection\" says so, with best_round and best_val_loss null)");
+  flag("--test-per-client", o.n_test, samples, "local test samples per client");
+  flag("--partition", o.partition, Choice{{"majority", "dirichlet", "iid"}}, "majority | dirichlet | iid");
+  flag("--alpha", o.alpha, positive, "Dirichlet concentration (--partition dirichlet)");
+  flag("--p", o.p, fraction, "list of majority fractions p (e.g. --p 0.2 0.5 1.0)");
+  flag("--opt-out", o.opt_out, fraction, "list of opt-out fractions (clients that never send anything)");
+  flag("--clients-per-round", o.clients_per_round, clients, "COUNT of opted-in clients sampled per FedAvg round");
+  flag("--client-fraction", o.client_fraction, fraction,
+       "FRACTION of opted-in clients sampled per round (overrides --clients-per-round; 0: off)");
+  flag("--rounds", o.rounds, any_count, "cap on FedAvg rounds");
+  flag("--round-check", o.check_every, at_least_one, "FedAvg validation every N rounds");
+  flag("--round-patience", o.patience, at_least_one, "FedAvg early-stopping patience (checks)");
+  flag("--local-epochs", o.local_epochs, at_least_one, "FedAvg local epochs");
+  flag("--batch", o.batch, samples, "mini-batch size");
+  flag("--lr-fedavg", o.lr_fedavg, positive, "learning rate of the participants' local optimizer");
+  flag("--local-optimizer", o.local_optimizer, Choice{{"adam", "sgd"}},
+       "the participants' optimizer: adam | sgd (SCAFFOLD always runs SGD at --scaffold-lr)");
+  flag("--lr-specialist", o.lr_specialist, positive, "Adam learning rate of the specialist");
+  flag("--lr-finetune", o.lr_finetune, positive, "Adam learning rate of fine-tuning");
+  flag("--lr-gate", o.lr_gate, positive, "Adam learning rate of the mixture's gate");
+  flag("--lr-expert", o.lr_expert, non_negative,
+       "Adam learning rate of the mixture's specialist expert (0: --lr-finetune or --lr-specialist)");
+  flag("--max-epochs", o.max_epochs, any_count, "cap on local epochs (specialist, fine-tuning, mixture)");
+  flag("--epoch-check", o.epoch_check, at_least_one, "local validation every N epochs");
+  flag("--epoch-patience", o.epoch_patience, at_least_one, "local early-stopping patience (checks)");
+  flag("--expert-init", o.expert_init, Choice{{"finetuned", "scratch"}},
+       "mixture's specialist expert starts from: finetuned | scratch");
+  flag("--global-test", o.global_test, some_samples,
+       "evaluate on a fixed seeded subset of N global test images (0: the full test split; at most its size)");
+  flag("--dropout", o.dropout, Real{0, 0.95}, "dropout probability of the models");
+  flag("--seed", o.seed, Integer<std::uint64_t>{0, std::numeric_limits<std::uint64_t>::max()},
+       "seed of every random choice: a decimal integer in [0, 2^64 - 1]");
+  flag("--threads", o.threads, Integer<std::size_t>{1, max_threads},
+       "worker threads (results are identical for any count)");
+  flag("--json", o.json, Text{}, "write results as JSON (checked before the run: the file can be created)");
+  flag("--csv", o.csv, Text{}, "write results as CSV (checked before the run)");
+  flag("--plot", o.plot, Text{},
+       "write a plot: FILE.png or FILE.svg. Needs gnuplot with the pngcairo / svg terminal (Debian: "
+       "apt-get install gnuplot-nox); checked before the run");
+  // Federated strategy.
+  flag("--strategy", o.strategy, Choice{strategy_names},
+       "fedavg | fedavgm | fedadagrad | fedadam | fedyogi (server optimizers, Reddi et al. 2021) | "
+       "fedprox | scaffold (client algorithms)");
+  flag("--server-lr", o.server_lr, non_negative,
+       "server learning rate (0: 1 for fedavg/fedprox/scaffold, 0.1 for fedavgm, 1e-2 for the adaptive ones)");
+  flag("--server-momentum", o.server_momentum, fraction, "FedAvgM's server momentum");
+  flag("--beta1", o.beta1, fraction, "first-moment decay of fedadagrad/fedadam/fedyogi");
+  flag("--beta2", o.beta2, fraction, "second-moment decay of fedadam/fedyogi");
+  flag("--tau", o.tau, positive, "adaptivity tau of fedadagrad/fedadam/fedyogi");
+  flag("--prox-mu", o.prox_mu, non_negative, "FedProx's proximal weight mu");
+  flag("--scaffold-lr", o.scaffold_lr, positive, "SCAFFOLD's local SGD learning rate");
+  flag("--aggregator", o.aggregator,
+       Choice{{"mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geometric-median"}},
+       "mean | median | trimmed-mean | krum | multi-krum | bulyan | geometric-median");
+  flag("--trim-fraction", o.trim_fraction, Real{0, 0.5}, "trimmed mean: fraction cut at each end per coordinate");
+  flag("--byzantine-bound", o.byzantine_bound, up_to_clients,
+       "f, the attackers Krum/Multi-Krum/Bulyan tolerate per round");
+  flag("--multi-krum-m", o.multi_krum_m, up_to_clients, "Multi-Krum: updates averaged (0: n - f)");
+  flag("--clip-update-norm", o.clip_update_norm, non_negative,
+       "clip every update to this L2 norm before aggregating (norm bounding; 0: off)");
+  flag("--attack", o.attack, Choice{{"none", "sign-flip", "scale", "noise", "label-flip", "alie"}},
+       "simulated attack: none | sign-flip | scale | noise | label-flip | alie");
+  flag("--attackers", o.attackers, below_one, "FRACTION of each round's sampled clients that attack");
+  flag("--attack-scale", o.attack_scale, positive, "k of sign-flip (-k delta) and scale (k delta)");
+  flag("--attack-noise", o.attack_noise, positive, "sigma of the noise attack");
+  flag("--client-failure", o.client_failure, below_one, "probability that a sampled client fails to return");
+  flag("--methods", o.methods, Choice{{"global", "specialist", "finetuned", "mixture"}},
+       "methods to run and report: global specialist finetuned mixture (global alone skips personalisation)");
+  // Client-level differential privacy.
+  flag("--dp-clip", o.dp_clip, non_negative,
+       "DP-FedAvg: clip every update delta to L2 norm C (with --dp-noise; 0: off)");
+  flag("--dp-noise", o.dp_noise, non_negative,
+       "DP-FedAvg: noise multiplier z (noise std z C on the sum); turns on client-level DP with Poisson "
+       "sampling at q = --client-fraction or clients-per-round / opted-in clients (0: off)");
+  flag("--dp-delta", o.dp_delta, Real{0, 1, true, true}, "DP: the delta of the reported (epsilon, delta)");
+  flag("--dp-adaptive-quantile", o.dp_adaptive_quantile, Real{0, 1, false, false, -1.0},
+       "DP: adaptive clipping (Andrew et al. 2021) tracking this quantile of the update norms (-1: fixed clipping)");
+  flag("--dp-count-noise", o.dp_count_noise, non_negative,
+       "DP adaptive clipping: noise std sigma_b of the unclipped count (0: m / 20, m = expected clients per round; "
+       "needs 2 sigma_b > z)");
+  flag("--dp-epsilon-budget", o.dp_epsilon_budget, non_negative,
+       "DP: stop before the round that would exceed epsilon (0: no budget)");
+}
+
+/// "png" or "svg", from --plot's extension (any case); any other name is refused before any work (it
+/// used to get PNG data under whatever name was given).
+inline std::string plot_format(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  FEDMOE_CHECK(ext == ".png" || ext == ".svg",
+               "fedmoe-paper: --plot: expected a file name ending in .png or .svg, got '", path, "'");
+  return ext.substr(1);
+}
+
+/// Every check that needs no data, for every setting of the sweep, before any work starts: every flag's
+/// value (for_each_flag), then the combinations.
 inline void validate_options(const Options& o) {
-  FEDMOE_CHECK(std::find(strategy_names.begin(), strategy_names.end(), o.strategy) != strategy_names.end(),
-               "fedmoe-paper: expected --strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold, got '",
-               o.strategy, "'");
+  for_each_flag(o, [](const char* name, const auto& value, const auto& accepted, const std::string&) {
+    flags::check("fedmoe-paper", name, accepted, value);
+  });
+  if (!o.plot.empty()) (void)plot_format(o.plot);
   (void)make_server_optimizer<float>(server_spec(o));  // rejects impossible hyperparameters
   (void)make_aggregator(aggregator_spec(o));
   attack_config(o).validate();
@@ -220,6 +365,87 @@ inline void validate_options(const Options& o) {
       DpMean(dp_config(o)).set_expected_clients(q * double(opted_in));
     }
   }
+}
+
+
+/// The output files named on the command line (--json, --csv, --plot).
+inline std::vector<OutputFile> output_files(const Options& o) {
+  std::vector<OutputFile> files;
+  if (!o.json.empty()) files.emplace_back("--json", o.json);
+  if (!o.csv.empty()) files.emplace_back("--csv", o.csv);
+  if (!o.plot.empty()) files.emplace_back("--plot", o.plot);
+  return files;
+}
+
+/// The checks of the environment, before any work (on the process that writes the outputs): every output
+/// file can be created (OutputFile::check), no two outputs name the same file, and for --plot gnuplot
+/// runs and has the terminal the extension asks for.
+inline void check_outputs(const Options& o) {
+  const std::vector<OutputFile> files = output_files(o);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    files[i].check();
+    for (std::size_t j = 0; j < i; ++j) {
+      std::error_code a, b;
+      const auto pi = std::filesystem::weakly_canonical(files[i].target(), a);
+      const auto pj = std::filesystem::weakly_canonical(files[j].target(), b);
+      FEDMOE_CHECK(a || b || pi != pj, "fedmoe-paper: ", files[j].flag(), " and ", files[i].flag(),
+                   " both name the file '", pi.string(), "'; expected different files");
+    }
+  }
+  if (!o.plot.empty()) {
+    const std::string terminal = plot_format(o.plot) == "svg" ? "svg" : "pngcairo";
+    run_gnuplot("set terminal " + terminal + "\n", -1,
+                "fedmoe-paper: --plot needs gnuplot with the " + terminal + " terminal (checked before the run)", true);
+  }
+}
+
+/// A setting's partition, seeded by the seed and p (so every setting of a sweep is reproducible on its own).
+inline Partition make_partition(const Options& o, const Dataset<float>& train, const Dataset<float>& test, double p) {
+  Rng prng = Rng::stream(o.seed, 1000 + std::uint64_t(std::llround(p * 1000)));
+  const PartitionSpec spec{o.clients, o.n_train, o.n_val, o.n_test, p};
+  if (o.partition == "majority") return partition_majority(train.labels, test.labels, train.classes, spec, prng);
+  if (o.partition == "dirichlet")
+    return partition_dirichlet(train.labels, test.labels, train.classes, spec, o.alpha, prng);
+  return partition_iid(train.labels, test.labels, train.classes, spec, prng);
+}
+
+/// The checks that need the data, for every setting of the sweep, before the first one runs: the model
+/// takes the data's samples (shapes, not sizes: a 14 x 56 image is not a 28 x 28 one), --global-test
+/// fits the test split, and the data can supply every setting's partition (clients x samples per client,
+/// and per class for each p).
+inline void check_against_data(const Options& o, Shape model_shape, const Dataset<float>& train,
+                               const Dataset<float>& test) {
+  FEDMOE_CHECK(model_shape == train.shape && model_shape == test.shape, "fedmoe-paper: --model ", o.model,
+               " takes samples of shape ", model_shape, ", the data in '", o.data, "' has training samples of shape ",
+               train.shape, " and test samples of shape ", test.shape,
+               (model_shape.size() == train.shape.size() ? " (the same number of values, in another shape)" : ""));
+  FEDMOE_CHECK(o.global_test <= test.size(), "fedmoe-paper: --global-test: expected at most ", test.size(),
+               " (the size of the test split; 0: all of it), got ", o.global_test);
+  for (double p : o.p) (void)make_partition(o, train, test, p);  // throws naming what is missing, and p
+}
+
+/// How a setting's global model was chosen. FederationResult::best_round alone cannot tell: it is 0 both
+/// when the initial model had the best validation loss and when nothing selected a model at all.
+struct ModelSelection {
+  bool on_validation = false;  ///< the model of the best validation loss (early stopping)
+  int round = 0;               ///< the round whose global model was kept
+  std::string how;             ///< said in the JSON ("model_selection") and on stderr
+};
+
+inline ModelSelection model_selection(const Options& o, const FederationResult& fed) {
+  const bool finite = std::any_of(fed.val_history.begin(), fed.val_history.end(),
+                                  [](const auto& check) { return std::isfinite(check.second); });
+  if (dp_enabled(o))
+    return {false, fed.rounds, "last round (differential privacy: validation losses are reported, not used)"};
+  if (o.n_val == 0) return {false, fed.rounds, "last round (no validation data: --val-per-client 0)"};
+  if (!finite) return {false, fed.rounds, "last round (no finite validation loss)"};
+  return {true, fed.best_round, "best validation loss (early stopping)"};
+}
+
+/// How the personalised models (specialist, fine-tuned, mixture) were chosen.
+inline std::string personalisation_selection(const Options& o) {
+  return o.n_val > 0 ? "best validation loss (early stopping, per client and method)"
+                     : "last epoch (no validation data: --val-per-client 0, every one of --max-epochs epochs runs)";
 }
 
 struct Stat {
@@ -278,13 +504,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
                     double done_before, double share) {
   const auto start = Clock::now();
   Setting s{p, opt_out, {}, {}, 0};
-  // Partition (seeded by seed and p so every setting of a sweep is reproducible on its own).
-  Rng prng = Rng::stream(o.seed, 1000 + std::uint64_t(std::llround(p * 1000)));
-  PartitionSpec spec{o.clients, o.n_train, o.n_val, o.n_test, p};
-  Partition part = o.partition == "majority"    ? partition_majority(train.labels, test.labels, train.classes, spec, prng)
-                   : o.partition == "dirichlet" ? partition_dirichlet(train.labels, test.labels, train.classes, spec,
-                                                                      o.alpha, prng)
-                                                : partition_iid(train.labels, test.labels, train.classes, spec, prng);
+  Partition part = make_partition(o, train, test, p);
   // Opt-out set: a seeded choice of round(opt_out * clients) clients.
   std::vector<Index> order(std::size_t(o.clients));
   for (Index i = 0; i < o.clients; ++i) order[std::size_t(i)] = i;
@@ -453,9 +673,10 @@ inline nlohmann::json config_json(const Options& o) {
               {"dp_epsilon_budget", o.dp_epsilon_budget}};
 }
 
-/// A setting's federation: rounds, early stopping, the validation losses of every check, and per
-/// round what happened to the sampled clients (columns of equal length, one entry per round).
-inline nlohmann::json federation_json(const Setting& s) {
+/// A setting's federation: rounds, how the model was selected (model_selection, model_round; best_round
+/// and best_val_loss when early stopping chose it, else null), the validation losses of every check, and
+/// per round what happened to the sampled clients (columns of equal length, one entry per round).
+inline nlohmann::json federation_json(const Options& o, const Setting& s) {
   using nlohmann::json;
   json checks = json::array();
   for (const auto& [round, loss] : s.fed.val_history)  // a non-finite loss (no data, poisoned model) is null
@@ -474,14 +695,18 @@ inline nlohmann::json federation_json(const Setting& s) {
     rounds["used"].push_back(r.used);
     rounds["stepped"].push_back(r.stepped);
   }
+  // best_round / best_val_loss only for a model selected on validation; else null, never a made-up 0.
+  const ModelSelection selection = model_selection(o, s.fed);
   json doc{{"p", s.p},
-              {"opt_out", s.opt_out},
-              {"rounds", s.fed.rounds},
-              {"best_round", s.fed.best_round},
-              {"best_val_loss", s.fed.best_val_loss},
-              {"checks", checks},
-              {"per_round", rounds},
-              {"seconds", s.seconds}};
+           {"opt_out", s.opt_out},
+           {"rounds", s.fed.rounds},
+           {"model_selection", selection.how},
+           {"model_round", selection.round},
+           {"best_round", selection.on_validation ? json(s.fed.best_round) : json(nullptr)},
+           {"best_val_loss", selection.on_validation ? json(s.fed.best_val_loss) : json(nullptr)},
+           {"checks", checks},
+           {"per_round", rounds},
+           {"seconds", s.seconds}};
   if (const auto& dp = s.fed.privacy) {
     json eps = json::array(), clip = json::array();
     for (const RoundRecord& r : s.fed.history) {
@@ -520,72 +745,102 @@ inline nlohmann::json row_json(const Row& r) {
   return j;
 }
 
+/// The --json document.
 template <class Runtime>
-void write_json(const Runtime& runtime, const std::string& path, const Options& o, const std::vector<Row>& rows,
-                const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+std::string json_text(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
+                      const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
   using nlohmann::json;
   json results = json::array(), groups = json::array(), federation = json::array();
   for (const auto& r : rows) (r.group == "all" ? results : groups).push_back(row_json(r));
-  for (const auto& s : settings) federation.push_back(federation_json(s));
+  for (const auto& s : settings) federation.push_back(federation_json(o, s));
   json timing{{"total_seconds", total_seconds}, {"peak_rss_mib", double(peak_kib) / 1024}, {"threads", o.threads}};
   runtime.json_timing(timing);
-  const json doc{{"config", config_json(o)}, {"results", results}, {"groups", groups},
-                 {"federation", federation}, {"timing", timing}};
-  std::ofstream f(path);
-  FEDMOE_CHECK(f.good(), "fedmoe-paper: cannot write --json file '", path, "'");
-  f << doc.dump(2) << "\n";
-  f.flush();
-  FEDMOE_CHECK(f.good(), "fedmoe-paper: writing --json file '", path, "' failed");
+  json doc{{"config", config_json(o)}, {"results", results}, {"groups", groups},
+           {"federation", federation}, {"timing", timing}};
+  if (wants_personalisation(o))
+    doc["personalisation"] = json{{"model_selection", personalisation_selection(o)}, {"max_epochs", o.max_epochs}};
+  return doc.dump(2) + "\n";
 }
 
-inline void write_csv(const std::string& path, const std::vector<Row>& rows) {
-  std::ofstream f(path);
-  FEDMOE_CHECK(f.good(), "fedmoe-paper: cannot write --csv file '", path, "'");
+/// The --csv table.
+inline std::string csv_text(const std::vector<Row>& rows) {
+  std::ostringstream f;
   f << "p,opt_out,group,method,local_test_acc,local_test_acc_std,global_test_acc,global_test_acc_std,clients\n";
   f << std::setprecision(10);
   for (const auto& r : rows)
     f << r.p << ',' << r.opt_out << ',' << r.group << ',' << r.method << ',' << r.local.mean << ',' << r.local.std
       << ',' << r.global.mean << ',' << r.global.std << ',' << r.local.n << "\n";
+  return f.str();
 }
 
-// Accuracy against p per method, one panel per opt-out fraction, drawn by gnuplot.
-inline void write_plot(const Options& o, const std::string& path, const std::vector<Row>& rows,
-                       const std::vector<double>& opt_outs) {
-  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
-    std::cerr << "fedmoe-paper: gnuplot not found (apt-get install gnuplot-nox); no plot written to " << path << "\n";
-    return;
-  }
-  const auto dir = std::filesystem::temp_directory_path() / ("fedmoe-plot-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
+/// The gnuplot script of --plot: local test accuracy against p per method, one panel per opt-out fraction,
+/// every number inline in data blocks ($d<panel>_<method>). It names no file at all: gnuplot writes the
+/// image to its standard output, which write_plot points at the output's temporary file, so no string
+/// from the command line ever enters the script (a quote in the file name once ran commands through
+/// gnuplot's `system`).
+inline std::string plot_script(const Options& o, const std::vector<Row>& rows, const std::string& format) {
+  const std::vector<double>& opt_outs = o.opt_out;
+  std::ostringstream g;
+  g << (format == "svg" ? "set terminal svg size " : "set terminal pngcairo size ") << 480 * opt_outs.size()
+    << ",420\n";
   for (std::size_t k = 0; k < opt_outs.size(); ++k)
     for (const char* m : method_names) {
       if (!wants(o, m)) continue;
-      std::ofstream d(dir / ("d" + std::to_string(k) + "_" + m + ".dat"));
+      g << "$d" << k << "_" << m << " << EOD\n";
       for (const auto& r : rows)
         if (r.group == "all" && r.method == m && r.opt_out == opt_outs[k])
-          d << r.p << ' ' << 100 * r.local.mean << ' ' << 100 * r.local.std << ' ' << 100 * r.global.mean << "\n";
+          g << r.p << ' ' << 100 * r.local.mean << ' ' << 100 * r.local.std << ' ' << 100 * r.global.mean << "\n";
+      g << "EOD\n";
     }
-  const bool svg = path.size() > 4 && path.substr(path.size() - 4) == ".svg";
-  std::ofstream g(dir / "plot.gp");
-  g << (svg ? "set terminal svg size " : "set terminal pngcairo size ") << 480 * opt_outs.size() << ",420\n";
-  g << "set output '" << path << "'\nset multiplot layout 1," << opt_outs.size() << "\n";
+  g << "set multiplot layout 1," << opt_outs.size() << "\n";
   g << "set xlabel 'majority fraction p'\nset ylabel 'local test accuracy %'\nset key bottom right\nset grid\n";
   for (std::size_t k = 0; k < opt_outs.size(); ++k) {
     g << "set title 'opt-out " << opt_outs[k] << "'\nplot ";
     bool first = true;
     for (const char* m : method_names) {
       if (!wants(o, m)) continue;
-      g << (first ? "" : ", ") << "'" << (dir / ("d" + std::to_string(k) + "_" + m + ".dat")).string()
-        << "' using 1:2:3 with yerrorlines title '" << m << "'";
+      g << (first ? "" : ", ") << "$d" << k << "_" << m << " using 1:2:3 with yerrorlines title '" << m << "'";
       first = false;
     }
     g << "\n";
   }
   g << "unset multiplot\n";
-  g.close();
-  const std::string cmd = "gnuplot '" + (dir / "plot.gp").string() + "'";
-  if (std::system(cmd.c_str()) != 0) std::cerr << "fedmoe-paper: gnuplot failed; no plot written\n";
-  std::filesystem::remove_all(dir);
+  return g.str();
+}
+
+/// Accuracy against p per method, one panel per opt-out fraction, drawn by gnuplot (plot_script) straight
+/// into `out` (written atomically: a gnuplot error leaves no file under the name given, and is an error).
+inline void write_plot(const Options& o, const std::vector<Row>& rows, const OutputFile& out) {
+  const std::string format = plot_format(out.path());
+  const std::string script = plot_script(o, rows, format);
+  out.write_with([&](int fd) {
+    run_gnuplot(script, fd, "fedmoe-paper: --plot '" + out.path() + "'");
+    struct stat st {};
+    FEDMOE_CHECK(::fstat(fd, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size > 0), "fedmoe-paper: --plot '",
+                 out.path(), "': gnuplot wrote nothing");
+  });
+}
+
+/// Writes every output that was asked for (each one tried even when another failed); throws one
+/// fedmoe::Error naming every failure.
+template <class Runtime>
+void write_outputs(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
+                   const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+  std::string failures;
+  const auto attempt = [&](auto&& write) {
+    try {
+      write();
+    } catch (const std::exception& e) {
+      failures += (failures.empty() ? "" : "\n  ") + std::string(e.what());
+    }
+  };
+  if (!o.json.empty())
+    attempt([&] {
+      OutputFile("--json", o.json).write(json_text(runtime, o, rows, settings, total_seconds, peak_kib));
+    });
+  if (!o.csv.empty()) attempt([&] { OutputFile("--csv", o.csv).write(csv_text(rows)); });
+  if (!o.plot.empty()) attempt([&] { write_plot(o, rows, OutputFile("--plot", o.plot)); });
+  FEDMOE_CHECK(failures.empty(), failures);
 }
 
 template <class Runtime, class M, class G>
@@ -602,10 +857,7 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
     train = load_fashion_mnist<float>(o.data, true);
     test = load_fashion_mnist<float>(o.data, false);
   }
-  if (model.input_shape() != train.shape) {  // the MLP reads flat vectors of the same pixels
-    FEDMOE_CHECK(model.input_size() == train.shape.size(), "fedmoe-paper: the model expects inputs of ",
-                 model.input_size(), " values, the data has samples of shape ", train.shape);
-  }
+  check_against_data(o, model.input_shape(), train, test);  // every setting's, before the first runs
   // Normalise as torchvision's Normalize((0.5,), (0.5,)) in the reference code: [0,1] -> [-1,1].
   train.inputs.array() = train.inputs.array() * 2.0f - 1.0f;
   test.inputs.array() = test.inputs.array() * 2.0f - 1.0f;
@@ -624,6 +876,11 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
   if (root) std::cerr << "}, opt-out in {";
   if (root) for (double x : o.opt_out) std::cerr << x << (x == o.opt_out.back() ? "" : ",");
   if (root) std::cerr << "}, " << o.threads << " threads, global test " << global_test.size() << " images\n";
+  if (root && o.n_val == 0)
+    std::cerr << "fedmoe-paper: --val-per-client 0: no validation data, so no early stopping: every one of the "
+              << o.rounds << " rounds" << (wants_personalisation(o) ? " and of the " + std::to_string(o.max_epochs) +
+                                                                          " local epochs" : std::string())
+              << " runs and the last models are kept\n";
 
   Progress progress(root);
   std::vector<Setting> settings;
@@ -635,8 +892,12 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
       settings.push_back(run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share));
       progress.done();
       const auto& s = settings.back();
-      if (root) std::cerr << "p=" << p << " opt-out=" << out << ": " << o.strategy << " " << s.fed.rounds << " rounds (best " << s.fed.best_round
-                << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
+      if (root) {
+        const ModelSelection selection = model_selection(o, s.fed);
+        std::cerr << "p=" << p << " opt-out=" << out << ": " << o.strategy << " " << s.fed.rounds << " rounds ("
+                  << (selection.on_validation ? "best round " + std::to_string(selection.round) : selection.how)
+                  << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
+      }
       if (root && s.fed.privacy)
         std::cerr << "  DP: epsilon " << std::setprecision(4) << s.fed.privacy->epsilon << " at delta "
                   << s.fed.privacy->delta << " (q " << s.fed.privacy->sampling_rate << ", z "
@@ -653,124 +914,30 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
   print_table(rows, std::cout);
   std::cout << "\nexpert init: " << o.expert_init << "; wall time " << std::fixed << std::setprecision(1) << total
             << " s; peak memory " << double(ru.ru_maxrss) / 1024 << " MiB\n";
-  if (!o.json.empty()) write_json(runtime, o.json, o, rows, settings, total, ru.ru_maxrss);
-  if (!o.csv.empty()) write_csv(o.csv, rows);
-  if (!o.plot.empty()) write_plot(o, o.plot, rows, o.opt_out);
+  std::cout.flush();
+  write_outputs(runtime, o, rows, settings, total, ru.ru_maxrss);
+  FEDMOE_CHECK(std::cout.good(), "fedmoe-paper: writing the results table to standard output failed");
   return 0;
 }
 
 
-/// The flags of fedmoe-paper (and fedmoe-paper-mpi, which takes exactly the same).
+namespace detail {
+template <class T>
+inline constexpr bool is_list = false;
+template <class T>
+inline constexpr bool is_list<std::vector<T>> = true;
+}  // namespace detail
+
+/// The flags of fedmoe-paper (and fedmoe-paper-mpi, which takes exactly the same): for_each_flag's list,
+/// each value checked while parsing (flag_checks.hpp), and --full.
 inline void add_options(CLI::App& app, Options& o) {
-  app.add_option("--data", o.data, "data directory (IDX .gz files, or train_x/train_y/test_x/test_y .npy)");
-  app.add_option("--dataset", o.dataset, "fashion-mnist | idx (any MNIST-format IDX set) | npy")
-      ->check(CLI::IsMember({"fashion-mnist", "idx", "npy"}));
-  app.add_option("--model", o.model, "cnn | mlp")->check(CLI::IsMember({"cnn", "mlp"}));
-  app.add_option("--clients", o.clients, "number of clients")->check(CLI::PositiveNumber);
-  app.add_option("--train-per-client", o.n_train, "training samples per client")->check(CLI::PositiveNumber);
-  app.add_option("--val-per-client", o.n_val, "validation samples per client")->check(CLI::NonNegativeNumber);
-  app.add_option("--test-per-client", o.n_test, "local test samples per client")->check(CLI::PositiveNumber);
-  app.add_option("--partition", o.partition, "majority | dirichlet | iid")
-      ->check(CLI::IsMember({"majority", "dirichlet", "iid"}));
-  app.add_option("--alpha", o.alpha, "Dirichlet concentration (--partition dirichlet)")->check(CLI::PositiveNumber);
-  app.add_option("--p", o.p, "list of majority fractions p (e.g. --p 0.2 0.5 1.0)")
-      ->check(CLI::Range(0.0, 1.0))->expected(1, -1);
-  app.add_option("--opt-out", o.opt_out, "list of opt-out fractions (clients that never send anything)")
-      ->check(CLI::Range(0.0, 1.0))->expected(1, -1);
-  app.add_option("--clients-per-round", o.clients_per_round, "COUNT of opted-in clients sampled per FedAvg round")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--client-fraction", o.client_fraction,
-                 "FRACTION of opted-in clients sampled per round (overrides --clients-per-round)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--rounds", o.rounds, "cap on FedAvg rounds")->check(CLI::NonNegativeNumber);
-  app.add_option("--round-check", o.check_every, "FedAvg validation every N rounds")->check(CLI::PositiveNumber);
-  app.add_option("--round-patience", o.patience, "FedAvg early-stopping patience (checks)")->check(CLI::PositiveNumber);
-  app.add_option("--local-epochs", o.local_epochs, "FedAvg local epochs")->check(CLI::PositiveNumber);
-  app.add_option("--batch", o.batch, "mini-batch size")->check(CLI::PositiveNumber);
-  app.add_option("--lr-fedavg", o.lr_fedavg, "learning rate of the participants' local optimizer")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--local-optimizer", o.local_optimizer,
-                 "the participants' optimizer: adam | sgd (SCAFFOLD always runs SGD at --scaffold-lr)")
-      ->check(CLI::IsMember({"adam", "sgd"}));
-  app.add_option("--lr-specialist", o.lr_specialist, "Adam learning rate of the specialist")->check(CLI::PositiveNumber);
-  app.add_option("--lr-finetune", o.lr_finetune, "Adam learning rate of fine-tuning")->check(CLI::PositiveNumber);
-  app.add_option("--lr-gate", o.lr_gate, "Adam learning rate of the mixture's gate")->check(CLI::PositiveNumber);
-  app.add_option("--lr-expert", o.lr_expert,
-                 "Adam learning rate of the mixture's specialist expert (0: --lr-finetune or --lr-specialist)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--max-epochs", o.max_epochs, "cap on local epochs (specialist, fine-tuning, mixture)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--epoch-check", o.epoch_check, "local validation every N epochs")->check(CLI::PositiveNumber);
-  app.add_option("--epoch-patience", o.epoch_patience, "local early-stopping patience (checks)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--expert-init", o.expert_init, "mixture's specialist expert starts from: finetuned | scratch")
-      ->check(CLI::IsMember({"finetuned", "scratch"}));
-  app.add_option("--global-test", o.global_test,
-                 "evaluate on a fixed seeded subset of N global test images (0: the full test split)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--dropout", o.dropout, "dropout probability of the models")->check(CLI::Range(0.0, 0.95));
-  app.add_option("--seed", o.seed, "seed of every random choice");
-  app.add_option("--threads", o.threads, "worker threads (results are identical for any count)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--json", o.json, "write results as JSON");
-  app.add_option("--csv", o.csv, "write results as CSV");
-  app.add_option("--plot", o.plot, "write a plot (.png or .svg; needs gnuplot)");
-  // Federated strategy.
-  app.add_option("--strategy", o.strategy,
-                 "fedavg | fedavgm | fedadagrad | fedadam | fedyogi (server optimizers, Reddi et al. 2021) | "
-                 "fedprox | scaffold (client algorithms)")
-      ->check(CLI::IsMember(strategy_names));
-  app.add_option("--server-lr", o.server_lr,
-                 "server learning rate (0: 1 for fedavg/fedprox/scaffold, 0.1 for fedavgm, 1e-2 for the adaptive ones)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--server-momentum", o.server_momentum, "FedAvgM's server momentum")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--beta1", o.beta1, "first-moment decay of fedadagrad/fedadam/fedyogi")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--beta2", o.beta2, "second-moment decay of fedadam/fedyogi")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--tau", o.tau, "adaptivity tau of fedadagrad/fedadam/fedyogi")->check(CLI::PositiveNumber);
-  app.add_option("--prox-mu", o.prox_mu, "FedProx's proximal weight mu")->check(CLI::NonNegativeNumber);
-  app.add_option("--scaffold-lr", o.scaffold_lr, "SCAFFOLD's local SGD learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--aggregator", o.aggregator,
-                 "mean | median | trimmed-mean | krum | multi-krum | bulyan | geometric-median")
-      ->check(CLI::IsMember({"mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geometric-median"}));
-  app.add_option("--trim-fraction", o.trim_fraction, "trimmed mean: fraction cut at each end per coordinate")
-      ->check(CLI::Range(0.0, 0.5));
-  app.add_option("--byzantine-bound", o.byzantine_bound, "f, the attackers Krum/Multi-Krum/Bulyan tolerate per round")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--multi-krum-m", o.multi_krum_m, "Multi-Krum: updates averaged (0: n - f)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--clip-update-norm", o.clip_update_norm,
-                 "clip every update to this L2 norm before aggregating (norm bounding; 0: off)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--attack", o.attack, "simulated attack: none | sign-flip | scale | noise | label-flip | alie")
-      ->check(CLI::IsMember({"none", "sign-flip", "scale", "noise", "label-flip", "alie"}));
-  app.add_option("--attackers", o.attackers, "FRACTION of each round's sampled clients that attack")
-      ->check(CLI::Range(0.0, 0.99));
-  app.add_option("--attack-scale", o.attack_scale, "k of sign-flip (-k delta) and scale (k delta)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--attack-noise", o.attack_noise, "sigma of the noise attack")->check(CLI::PositiveNumber);
-  app.add_option("--client-failure", o.client_failure, "probability that a sampled client fails to return")
-      ->check(CLI::Range(0.0, 0.99));
-  app.add_option("--methods", o.methods,
-                 "methods to run and report: global specialist finetuned mixture (global alone skips personalisation)")
-      ->check(CLI::IsMember({"global", "specialist", "finetuned", "mixture"}))
-      ->expected(1, -1);
-  app.add_option("--dp-clip", o.dp_clip, "DP-FedAvg: clip every update delta to L2 norm C (with --dp-noise)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--dp-noise", o.dp_noise,
-                 "DP-FedAvg: noise multiplier z (noise std z C on the sum); turns on client-level DP with Poisson "
-                 "sampling at q = --client-fraction or clients-per-round / opted-in clients")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--dp-delta", o.dp_delta, "DP: the delta of the reported (epsilon, delta)")
-      ->check(CLI::Range(1e-300, 0.999999));
-  app.add_option("--dp-adaptive-quantile", o.dp_adaptive_quantile,
-                 "DP: adaptive clipping (Andrew et al. 2021) tracking this quantile of the update norms")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--dp-count-noise", o.dp_count_noise,
-                 "DP adaptive clipping: noise std sigma_b of the unclipped count (default m / 20, m = expected clients "
-                 "per round; needs 2 sigma_b > z)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--dp-epsilon-budget", o.dp_epsilon_budget, "DP: stop before the round that would exceed epsilon")
-      ->check(CLI::PositiveNumber);
+  for_each_flag(o, [&](const char* name, auto& value, const auto& accepted, const std::string& help) {
+    CLI::Option* opt = app.add_option(name, value, help);
+    using Accepted = std::decay_t<decltype(accepted)>;
+    if constexpr (std::is_same_v<Accepted, flags::Choice>) opt->check(CLI::IsMember(accepted.names));
+    else if constexpr (!std::is_same_v<Accepted, flags::Text>) opt->transform(flags::validator(accepted));
+    if constexpr (detail::is_list<std::decay_t<decltype(value)>>) opt->expected(1, -1);
+  });
   app.add_flag("--full", o.full,
                "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
 }
@@ -791,6 +958,7 @@ inline void apply_full(Options& o) {
 template <class Runtime>
 int run_experiment(const Runtime& runtime, const Options& o) {
   validate_options(o);
+  if (runtime.is_root()) check_outputs(o);  // the outputs can be created and gnuplot runs, before any work
   if (o.dataset != "npy" && !std::filesystem::exists(o.data)) {
     if (runtime.is_root())
       std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. Fashion-MNIST ships as the Debian "
@@ -799,8 +967,10 @@ int run_experiment(const Runtime& runtime, const Options& o) {
     return 2;
   }
   if (o.model == "cnn") return run(runtime, o, fashion_cnn<float>(10, o.dropout), fashion_cnn_gate<float>(o.dropout));
-  return run(runtime, o, mlp<float>(Shape{784, 1, 1}, 10, 200, o.dropout),
-             mlp_gate<float>(Shape{784, 1, 1}, 200, o.dropout));
+  // The MLP is built for the images' shape (its first Dense layer flattens them): a model's input shape
+  // must be the data's, not only its size.
+  const Shape image{1, 28, 28};
+  return run(runtime, o, mlp<float>(image, 10, 200, o.dropout), mlp_gate<float>(image, 200, o.dropout));
 }
 
 }  // namespace fedmoe_paper
