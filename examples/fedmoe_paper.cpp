@@ -14,7 +14,9 @@ int main(int argc, char** argv) {
   try {
     return run_experiment(InProcessRuntime{}, o);
   } catch (const std::exception& e) {
-    std::cerr << "fedmoe-paper: error: " << e.what() << "\n";
+    std::string msg = e.what();  // most messages already name the program
+    if (msg.rfind("fedmoe-paper: ", 0) == 0) msg.erase(0, 14);
+    std::cerr << "fedmoe-paper: error: " << msg << "\n";
     return 1;
   }
 }

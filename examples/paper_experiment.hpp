@@ -55,6 +55,12 @@
 #include "flag_checks.hpp"
 #include "output_file.hpp"
 
+// Secure aggregation needs libsodium: examples/CMakeLists.txt defines FEDMOE_PAPER_SECURE_AGGREGATION
+// when pkg-config finds it; without, --secure-aggregation is refused before any work.
+#if FEDMOE_PAPER_SECURE_AGGREGATION
+#include <fedmoe/federated/secure/secure_transport.hpp>
+#endif
+
 namespace fedmoe_paper {
 
 using namespace fedmoe;
@@ -113,7 +119,16 @@ struct Options {
   double dp_adaptive_quantile = -1;  // -1: fixed clipping
   double dp_count_noise = 0;         // adaptive clipping's sigma_b; 0: the paper's m / 20
   double dp_epsilon_budget = 0;      // 0: no budget
+  // Secure aggregation (federated/secure/secure_transport.hpp): on with --secure-aggregation.
+  bool secure_aggregation = false;
+  Index secagg_threshold = 0;  // 0: floor(m / 2) + 1, m = clients per round
+  double secagg_bound = 1e3;   // B: the largest |n_k delta_k,i| a client may encode
 };
+
+/// Secure aggregation's threshold t for m clients per round: --secagg-threshold, or floor(m / 2) + 1.
+inline Index secagg_threshold_for(const Options& o, Index m) {
+  return o.secagg_threshold > 0 ? o.secagg_threshold : m / 2 + 1;
+}
 
 
 inline const std::vector<std::string> strategy_names{"fedavg", "fedavgm", "fedadagrad", "fedadam",
@@ -315,6 +330,12 @@ void for_each_flag(O& o, F&& flag) {
        "needs 2 sigma_b > z)");
   flag("--dp-epsilon-budget", o.dp_epsilon_budget, non_negative,
        "DP: stop before the round that would exceed epsilon (0: no budget)");
+  flag("--secagg-threshold", o.secagg_threshold, up_to_clients,
+       "secure aggregation: t, the shares that recover a secret; m/2 < t <= m for m clients per round "
+       "(0: m/2 + 1); up to m - t clients may drop out after masking");
+  flag("--secagg-bound", o.secagg_bound, positive,
+       "secure aggregation: B, the largest |samples x delta| per coordinate a client encodes (a larger update "
+       "declines, never clamped)");
 }
 
 /// "png" or "svg", from --plot's extension (any case); any other name is refused before any work (it
@@ -349,6 +370,23 @@ inline void validate_options(const Options& o) {
     privacy_accounting(o).validate();
     (void)DpMean(dp_config(o));
   }
+  if (o.secure_aggregation) {
+#if !FEDMOE_PAPER_SECURE_AGGREGATION
+    FEDMOE_FAIL("fedmoe-paper: --secure-aggregation: this binary was built without libsodium (install ",
+                "libsodium-dev and pkg-config, then reconfigure)");
+#endif
+    FEDMOE_CHECK(o.aggregator == "mean" && o.clip_update_norm == 0, "fedmoe-paper: --secure-aggregation needs ",
+                 "--aggregator mean without --clip-update-norm (the server sees only the sum, a robust rule needs the ",
+                 "individual updates), got --aggregator ", o.aggregator,
+                 (o.clip_update_norm > 0 ? " with --clip-update-norm" : ""));
+    FEDMOE_CHECK(!dp_enabled(o), "fedmoe-paper: --secure-aggregation cannot be combined with --dp-noise / --dp-clip ",
+                 "(the server cannot clip a sum; distributed DP is not implemented)");
+    FEDMOE_CHECK(o.strategy != "scaffold", "fedmoe-paper: --secure-aggregation cannot be combined with --strategy ",
+                 "scaffold (its server state needs each client's control variate)");
+    FEDMOE_CHECK(o.attack == "none" || o.attack == "label-flip", "fedmoe-paper: --secure-aggregation simulates only ",
+                 "--attack none or label-flip (the other attacks rewrite individual updates, which the server no ",
+                 "longer sees), got --attack ", o.attack);
+  }
   for (double out : o.opt_out) {
     const Index opted_in = opted_in_clients(o, out);
     FEDMOE_CHECK(opted_in > 0, "fedmoe-paper: opt-out fraction ", out, " leaves no client in the federation (",
@@ -358,6 +396,12 @@ inline void validate_options(const Options& o) {
                  " opted-in clients at opt-out ", out, "; expected at most ", opted_in);
     // The aggregator sees the clients that return: with --attackers and --client-failure the expected number.
     check_aggregator_feasible(aggregator_spec(o), m);
+    if (o.secure_aggregation) {
+      const Index t = secagg_threshold_for(o, m);
+      FEDMOE_CHECK(m >= 2 && 2 * t > m && t <= m, "fedmoe-paper: --secagg-threshold: expected t with ", m,
+                   "/2 < t <= ", m, " (the clients per round at opt-out ", out, "), got t = ", t,
+                   m < 2 ? " (secure aggregation needs at least 2 clients per round)" : "");
+    }
     if (dp_enabled(o)) {  // Poisson sampling at q; adaptive clipping's noise split must be possible
       const double q = dp_sampling_rate(o, out);
       FEDMOE_CHECK(q > 0 && q <= 1, "fedmoe-paper: the DP sampling rate q = ", q, " at opt-out ", out,
@@ -540,17 +584,31 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
       << val;
     progress.line(l.str(), done_before + share * (wants_personalisation(o) ? 0.4 : 1.0) * r / std::max(1, max_r));
   };
+  auto federate_over = [&](auto& tr, auto algorithm) {
+    Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
+        UniformSampler(per_round_clients(o, opt_out)), std::move(algorithm), make_aggregator(aggregator_spec(o)),
+        make_server_optimizer<float>(server_spec(o))};
+    return train_federated(model, clients, tr, fc, std::move(strategy), on_round);
+  };
   auto federate = [&](auto algorithm) {
+#if FEDMOE_PAPER_SECURE_AGGREGATION
+    if (o.secure_aggregation) {
+      SecureAggregationConfig sc;
+      sc.max_clients = std::uint32_t(per_round_clients(o, opt_out));
+      sc.threshold = std::uint32_t(secagg_threshold_for(o, per_round_clients(o, opt_out)));
+      sc.value_bound = o.secagg_bound;
+      sc.threads = o.threads;
+      SecureAggregationTransport<decltype(transport)> secure(transport, sc);
+      return federate_over(secure, std::move(algorithm));
+    }
+#endif
     if (dp_enabled(o)) {
       Strategy<PoissonSampler, decltype(algorithm), DpMean, AnyOptimizer<float>> strategy{
           PoissonSampler(dp_sampling_rate(o, opt_out)), std::move(algorithm), DpMean(dp_config(o)),
           make_server_optimizer<float>(server_spec(o))};
       return train_federated(model, clients, transport, fc, std::move(strategy), on_round);
     }
-    Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
-        UniformSampler(per_round_clients(o, opt_out)), std::move(algorithm), make_aggregator(aggregator_spec(o)),
-        make_server_optimizer<float>(server_spec(o))};
-    return train_federated(model, clients, transport, fc, std::move(strategy), on_round);
+    return federate_over(transport, std::move(algorithm));
   };
   const LocalUpdateConfig local{o.local_epochs, o.batch};
   const AnyOptimizer<float> local_opt = o.local_optimizer == "sgd" ? AnyOptimizer<float>(Sgd<float>(o.lr_fedavg))
@@ -670,7 +728,8 @@ inline nlohmann::json config_json(const Options& o) {
               {"client_failure", o.client_failure}, {"methods", o.methods}, {"dp_clip", o.dp_clip},
               {"dp_noise", o.dp_noise}, {"dp_delta", o.dp_delta}, {"dp_adaptive_quantile", o.dp_adaptive_quantile},
               {"dp_count_noise", o.dp_count_noise},
-              {"dp_epsilon_budget", o.dp_epsilon_budget}};
+              {"dp_epsilon_budget", o.dp_epsilon_budget}, {"secure_aggregation", o.secure_aggregation},
+              {"secagg_threshold", o.secagg_threshold}, {"secagg_bound", o.secagg_bound}};
 }
 
 /// A setting's federation: rounds, how the model was selected (model_selection, model_round; best_round
@@ -938,6 +997,9 @@ inline void add_options(CLI::App& app, Options& o) {
     else if constexpr (!std::is_same_v<Accepted, flags::Text>) opt->transform(flags::validator(accepted));
     if constexpr (detail::is_list<std::decay_t<decltype(value)>>) opt->expected(1, -1);
   });
+  app.add_flag("--secure-aggregation", o.secure_aggregation,
+               "secure aggregation (Bonawitz et al. 2017): the server sees only the sum of the round's updates "
+               "(needs libsodium; with --aggregator mean, no DP, no SCAFFOLD)");
   app.add_flag("--full", o.full,
                "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
 }
