@@ -21,7 +21,25 @@
 #include <string>
 #include <vector>
 
+#include <fedmoe/core/rng.hpp>
+#include <fedmoe/federated/aggregator.hpp>
+
 namespace fedmoe::bench {
+
+/// One round of n client updates of p floats: uniform(-1, 1) deltas, 50..149 samples each, from Rng(seed)
+/// (the aggregator and secure-aggregation benchmarks measure the same inputs).
+inline std::vector<ClientUpdate<float>> random_updates(Index n, Index p, std::uint64_t seed) {
+  std::vector<ClientUpdate<float>> updates(static_cast<std::size_t>(n));
+  Rng r(seed);
+  for (Index k = 0; k < n; ++k) {
+    auto& u = updates[static_cast<std::size_t>(k)];
+    u.client = k;
+    u.num_samples = 50 + static_cast<Index>(r.uniform_int(100));
+    u.delta.resize(p);
+    for (Index i = 0; i < p; ++i) u.delta[i] = r.uniform<float>(-1.f, 1.f);
+  }
+  return updates;
+}
 
 inline std::atomic<long> g_mallocs{0};  // every heap allocation (malloc, hence also operator new)
 inline std::atomic<long> g_news{0};     // operator new calls only

@@ -50,18 +50,7 @@ namespace {
 
 constexpr std::uint64_t seed = 2024;
 
-std::vector<ClientUpdate<float>> make_updates(Index n, Index p) {
-  std::vector<ClientUpdate<float>> updates(static_cast<std::size_t>(n));
-  Rng r(seed);
-  for (Index k = 0; k < n; ++k) {
-    auto& u = updates[static_cast<std::size_t>(k)];
-    u.client = k;
-    u.num_samples = 50 + static_cast<Index>(r.uniform_int(100));
-    u.delta.resize(p);
-    for (Index i = 0; i < p; ++i) u.delta[i] = r.uniform<float>(-1.f, 1.f);
-  }
-  return updates;
-}
+std::vector<ClientUpdate<float>> make_updates(Index n, Index p) { return bench::random_updates(n, p, seed); }
 
 struct Case {
   Index n = 0, p = 0;
