@@ -46,6 +46,7 @@
 #include "losses/mse.hpp"
 #include "models/model.hpp"
 #include "moe/expert_choice_gate.hpp"
+#include "moe/expert_mixture.hpp"
 #include "moe/gate.hpp"
 #include "moe/mixture.hpp"
 #include "moe/moe_layer.hpp"

@@ -58,4 +58,31 @@ inline void check_sample_shape(const char* who, Shape model_shape, Shape data_sh
                (model_shape.size() == data_shape.size() ? " (the same number of values, in another shape)" : ""));
 }
 
+/// A Model that refers to another one (never owns it): every call goes to `*model`. Lets a type that
+/// stores its models by value (a gate adapter, an expert list) work on models the caller keeps, as the
+/// mixtures do (a client's models are the client's).
+template <Model M>
+class ModelRef {
+public:
+  using scalar_type = typename M::scalar_type;
+  using S = scalar_type;
+  explicit ModelRef(M& model) : m_model(&model) {}
+  Index num_params() const { return m_model->num_params(); }
+  Index input_size() const { return m_model->input_size(); }
+  Index output_size() const { return m_model->output_size(); }
+  Shape input_shape() const { return input_shape_of(*m_model); }
+  Vector<S>& parameters() { return m_model->parameters(); }
+  const Vector<S>& parameters() const { return m_model->parameters(); }
+  Vector<S>& gradients() { return m_model->gradients(); }
+  void init(Rng& rng) { m_model->init(rng); }
+  const Matrix<S>& forward(const Matrix<S>& x, Mode mode, Rng& rng) { return m_model->forward(x, mode, rng); }
+  const Matrix<S>& backward(const Matrix<S>& x, const Matrix<S>& dy, bool input_grad = false) {
+    return m_model->backward(x, dy, input_grad);
+  }
+  M& get() const { return *m_model; }
+
+private:
+  M* m_model;
+};
+
 }  // namespace fedmoe

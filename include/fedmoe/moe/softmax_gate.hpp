@@ -9,6 +9,9 @@
 /// logit fixed to 0: softmax(z, 0) = (sigmoid(z), 1 - sigmoid(z)); its z-loss is that of (z, 0).
 /// ModelGate<M>: g_t = softmax(f(x_t)) where f is any Model with E outputs (e.g. the paper's
 /// convolutional gate trunk); its parameters are the model's.
+/// ProbabilityGate<M>: the trunk outputs the weights themselves: one output h in [0, 1] for two
+/// experts, weights (h, 1 - h) (the paper's gate, whose trunk ends in a Sigmoid), or E >= 2 outputs
+/// that already form a distribution (a trunk ending in Softmax).
 #include "../models/model.hpp"
 #include "gate.hpp"
 
@@ -183,6 +186,75 @@ private:
   Routing<Scalar> m_routing;
   Matrix<Scalar> m_dlogits;
   Vector<Scalar> m_lse;
+};
+
+/// A dense gate whose trunk (any fedmoe Model) outputs the combine weights themselves: one output
+/// h in [0, 1] gives two experts the weights (h, 1 - h) (the paper's gate: a trunk ending in a
+/// Sigmoid), E >= 2 outputs are the weights of E experts (a trunk ending in Softmax; each column
+/// must sum to 1 within 1e-3). Backward: for one output dL/dh = dL/dw_0 - dL/dw_1; else dL/dw goes
+/// to the trunk unchanged. No z-loss (there are no logits): aux.z is 0.
+template <Model M>
+class ProbabilityGate {
+public:
+  using scalar_type = typename M::scalar_type;
+  using Scalar = scalar_type;
+
+  explicit ProbabilityGate(M trunk) : m_trunk(std::move(trunk)) {
+    FEDMOE_CHECK(m_trunk.output_size() >= 1, "ProbabilityGate: expected a trunk with >= 1 output, got ",
+                 m_trunk.output_size());
+  }
+
+  Index num_params() const { return m_trunk.num_params(); }
+  Index input_size() const { return m_trunk.input_size(); }
+  Shape input_shape() const { return input_shape_of(m_trunk); }
+  Index experts() const { return m_trunk.output_size() == 1 ? 2 : m_trunk.output_size(); }
+  Index slots() const { return experts(); }
+  Vector<Scalar>& parameters() { return m_trunk.parameters(); }
+  const Vector<Scalar>& parameters() const { return m_trunk.parameters(); }
+  Vector<Scalar>& gradients() { return m_trunk.gradients(); }
+  const Vector<Scalar>& gradients() const { return m_trunk.gradients(); }
+  void init(Rng& rng) { m_trunk.init(rng); }
+  void freeze_selection(bool) {}  // the selection (all experts) never changes
+  M& trunk() { return m_trunk; }
+  const Routing<Scalar>& routing() const { return m_routing; }
+
+  const Routing<Scalar>& forward(const Matrix<Scalar>& x, Mode mode, Rng& rng) {
+    detail::check_gate_input("ProbabilityGate::forward", input_size(), x);
+    auto& r = m_routing;
+    detail::dense_routing(r, experts(), x.cols());
+    const Matrix<Scalar>& out = m_trunk.forward(x, mode, rng);
+    FEDMOE_CHECK(out.allFinite() && out.minCoeff() >= Scalar(0) && out.maxCoeff() <= Scalar(1),
+                 "ProbabilityGate: expected gate values in [0, 1] from the trunk, got range [", out.minCoeff(), ", ",
+                 out.maxCoeff(), "]");
+    if (out.rows() == 1) {
+      r.weights.row(0) = out.row(0);
+      r.weights.row(1) = Scalar(1) - out.row(0).array();
+    } else {
+      const Scalar worst = (out.colwise().sum().array() - Scalar(1)).abs().maxCoeff();
+      FEDMOE_CHECK(worst <= Scalar(1e-3), "ProbabilityGate: expected the ", out.rows(),
+                   " trunk outputs of every sample to sum to 1 (a Softmax last layer), off by up to ", worst);
+      r.weights = out;
+    }
+    return r;
+  }
+  const Routing<Scalar>& forward(const Matrix<Scalar>& x) {
+    Rng unused(0);
+    return forward(x, Mode::eval, unused);
+  }
+
+  template <class DW>
+  const Matrix<Scalar>& backward(const Matrix<Scalar>& x, const DW& d_weights, const AuxWeights<Scalar>& = {},
+                                 bool input_grad = true) {
+    detail::check_gate_grad("ProbabilityGate::backward", m_routing.slots, m_routing.tokens, d_weights);
+    if (m_trunk.output_size() == 1) m_dout = d_weights.row(0) - d_weights.row(1);
+    else m_dout = d_weights;
+    return m_trunk.backward(x, m_dout, input_grad);
+  }
+
+private:
+  M m_trunk;
+  Routing<Scalar> m_routing;
+  Matrix<Scalar> m_dout;
 };
 
 }  // namespace fedmoe
