@@ -45,14 +45,16 @@ TEST_CASE("end to end: the mixture matches or beats the global model and the spe
   PersonalizeConfig pcfg;
   pcfg.fit = FitConfig{100, 5, 4, 10};
   pcfg.seed = 6;
-  Mlp<float> expert = mlp<float>(Shape{dim, 1, 1}, classes, hidden);
-  MlpGate<float> gate = mlp_gate<float>(Shape{dim, 1, 1}, hidden);
+  PersonalWorkspace ws(mlp<float>(Shape{dim, 1, 1}, classes, hidden), mlp_gate<float>(Shape{dim, 1, 1}, hidden));
   double local[4] = {0, 0, 0, 0}, glob[4] = {0, 0, 0, 0};
+  const char* methods[4] = {"global", "specialist", "finetuned", "mixture"};
   for (const auto& client : clients) {
-    const ClientResult r = personalize(client, global, expert, gate, test, global_test, pcfg, global_acc);
+    const ClientResult r = personalize(client, global, ws, test, global_test, pcfg, global_acc);
     for (int m = 0; m < 4; ++m) {
-      local[m] += r.local_acc[m] / double(num_clients);
-      glob[m] += r.global_acc[m] / double(num_clients);
+      const MethodResult* mr = r.find(methods[m]);
+      REQUIRE(mr != nullptr);
+      local[m] += mr->local_acc / double(num_clients);
+      glob[m] += mr->global_acc / double(num_clients);
     }
   }
 

@@ -164,6 +164,40 @@ TEST_CASE("the paper's Mixture is ExpertMixture with K = 2: the same loss, proba
   CHECK(paper.forward(x) == general.forward(x));
 }
 
+TEST_CASE("with frozen experts, the cached (stacking) calls equal the full ones bitwise", "[expert_mixture]") {
+  using S = float;
+  Rng rng(17);
+  auto a = mlp<S>(Shape{kIn, 1, 1}, kC, 5), b = mlp<S>(Shape{kIn, 1, 1}, kC, 7);
+  a.init(rng);
+  b.init(rng);
+  const Matrix<S> x = random_batch<S>(kIn, 12, 18);
+  const Labels y = labels_of(12, 19);
+  std::array<Matrix<S>, 2> lp;
+  fedmoe::detail::log_softmax(a.forward(x), lp[0]);
+  fedmoe::detail::log_softmax(b.forward(x), lp[1]);
+  for (const GateInput input : {GateInput::sample, GateInput::expert_log_probs}) {
+    INFO(to_string(input));
+    SoftmaxGate<S> gate(input == GateInput::sample ? kIn : 2 * kC, 2);
+    Rng grng(20);
+    gate.init(grng);
+    ExpertMixture mix(input, gate, a, b);
+    mix.set_trainable(0, false);
+    mix.set_trainable(1, false);
+    Rng r1(1), r2(1);
+    const S full = mix.loss_and_gradient(x, y, Mode::train, r1);
+    const Vector<S> g_full = gate.gradients();
+    const Matrix<S> p_full = mix.forward(x);
+    const S cached = mix.gate_loss_and_gradient_cached(x, lp, y, Mode::train, r2);
+    CHECK(full == cached);
+    CHECK(g_full == gate.gradients());
+    CHECK(mix.loss_cached(x, lp, y, Mode::eval, r2) == full);
+    CHECK(mix.forward_cached(x, lp, Mode::eval, r2) == p_full);
+  }
+  SoftmaxGate<S> gate(kIn, 2);
+  ExpertMixture mix(gate, a, b);
+  CHECK_THROWS_WITH(mix.forward_cached(x.leftCols(3), lp, Mode::eval, rng), Contains("expected 12 samples") && Contains("got 3"));
+}
+
 TEST_CASE("ExpertMixture refuses gates and experts that do not fit, naming both", "[expert_mixture]") {
   Three e(16);
   ModelGate two(mlp<double>(Shape{kIn, 1, 1}, 2, 4));

@@ -350,10 +350,11 @@ TEST_CASE("personalisation uploads nothing and the specialist and gate never equ
     INFO("client " << id << ", mixture expert " << to_string(init));
     PersonalizeConfig pc = small_personalize_config();
     pc.expert_init = init;
-    Mlp<float> expert = f.model(100);
-    MlpGate<float> gate = f.gate();
-    const ClientResult r = personalize(f.clients[std::size_t(id)], model, expert, gate, f.test, global_test, pc,
-                                       global_acc);
+    pc.methods = {"global", "specialist", "finetuned", "mixture", "mixture-heldout", "mixture-stacked",
+                  "mixture-stacked3", "mixture-prior", "mixture-shift"};
+    PersonalWorkspace ws(f.model(100), f.gate());
+    const ClientResult r = personalize(f.clients[std::size_t(id)], model, ws, f.test, global_test, pc, global_acc);
+    CHECK(r.methods.size() == pc.methods.size());
     CHECK(r.client == id);
     CHECK(r.opted_out == (id == 2));
     CHECK(uploaded.size() == fed_uploads);
@@ -363,8 +364,10 @@ TEST_CASE("personalisation uploads nothing and the specialist and gate never equ
     // The personalised models' parameters (compared by size and values) were never uploaded.
     for (std::size_t u = 0; u < uploaded.size(); ++u) {
       INFO("upload " << u);
-      CHECK_FALSE(same_vector(uploaded[u], expert.parameters()));
-      CHECK_FALSE(same_vector(uploaded[u], gate.parameters()));
+      for (const auto* personal : {&ws.specialist, &ws.finetuned, &ws.expert})
+        CHECK_FALSE(same_vector(uploaded[u], personal->parameters()));
+      CHECK_FALSE(same_vector(uploaded[u], ws.gate.parameters()));
+      CHECK_FALSE(same_vector(uploaded[u], ws.heldout_gate.parameters()));
     }
   }
 }
@@ -414,34 +417,36 @@ TEST_CASE("personalize with the same seed gives an identical ClientResult", "[fe
   InProcessTransport<float> transport;
   train_small(model, f.clients, transport, small_config(2, 2));
   const std::vector<Index> global_test = iota_indices(f.test.size());
-  const PersonalizeConfig pc = small_personalize_config();
+  PersonalizeConfig pc = small_personalize_config();
+  pc.methods = {"global", "specialist", "finetuned", "mixture", "mixture-heldout", "mixture-stacked",
+                "mixture-stacked3", "mixture-prior", "mixture-shift"};
   auto run = [&](std::uint64_t workspace_seed, std::uint64_t seed) {
     // Workspaces in different prior states: personalize must not depend on them.
-    Mlp<float> expert = f.model(workspace_seed);
-    MlpGate<float> gate = f.gate();
+    PersonalWorkspace ws(f.model(workspace_seed), f.gate());
     Rng rng(workspace_seed);
-    gate.init(rng);
+    ws.gate.init(rng);
+    ws.heldout_gate.init(rng);
+    ws.finetuned.init(rng);
     PersonalizeConfig c = pc;
     c.seed = seed;
-    const ClientResult r = personalize(f.clients[1], model, expert, gate, f.test, global_test, c, 0.5);
-    return std::make_tuple(r, Vector<float>(expert.parameters()), Vector<float>(gate.parameters()));
+    const ClientResult r = personalize(f.clients[1], model, ws, f.test, global_test, c, 0.5);
+    return std::make_tuple(r, Vector<float>(ws.expert.parameters()), Vector<float>(ws.gate.parameters()));
   };
   const auto [a, ea, ga] = run(1, 17);
   const auto [b, eb, gb] = run(2, 17);
   CHECK(a.client == b.client);
   CHECK(a.opted_out == b.opted_out);
-  for (int m = 0; m < 4; ++m) {
-    INFO(method_names[m]);
-    CHECK(a.local_acc[m] == b.local_acc[m]);
-    CHECK(a.global_acc[m] == b.global_acc[m]);
-  }
-  CHECK(a.mean_gate_local == b.mean_gate_local);
-  CHECK(a.mean_gate_global == b.mean_gate_global);
-  for (int k = 0; k < 3; ++k) {
-    INFO("fit " << k);
-    CHECK(a.fits[k].epochs == b.fits[k].epochs);
-    CHECK(a.fits[k].best_epoch == b.fits[k].best_epoch);
-    CHECK(a.fits[k].best_val_loss == b.fits[k].best_val_loss);
+  REQUIRE(a.methods.size() == pc.methods.size());
+  // Every method, accuracy, metric (gate diagnostics, fit summaries) and series, bitwise (NaN-free here:
+  // the partition has majority classes, so the gate AUC is a number).
+  CHECK(a == b);
+  for (const MethodResult& m : a.methods) {
+    INFO(m.method);
+    if (m.method.rfind("mixture", 0) == 0) {
+      CHECK(m.metric("gate_auc").has_value());
+      CHECK(m.metric("mean_gate_local").has_value());
+      CHECK(m.find_series("gate_hist_majority") != nullptr);
+    }
   }
   CHECK(same_vector(ea, eb));
   CHECK(same_vector(ga, gb));
@@ -454,11 +459,30 @@ TEST_CASE("personalize rejects an expert workspace of another size instead of re
   const SmallFederation f(2, {});
   Mlp<float> model = f.model();
   Mlp<float> wider = mlp<float>(Shape{SmallFederation::dim, 1, 1}, SmallFederation::classes, 32);  // same type
-  MlpGate<float> gate = f.gate();
+  PersonalWorkspace ws(wider, f.gate());
   const std::vector<Index> global_test = iota_indices(f.test.size());
-  CHECK_THROWS_WITH(personalize(f.clients[0], model, wider, gate, f.test, global_test, small_personalize_config(), 0.5),
-                    Contains("expected an expert workspace of " + std::to_string(model.num_params())) &&
+  CHECK_THROWS_WITH(personalize(f.clients[0], model, ws, f.test, global_test, small_personalize_config(), 0.5),
+                    Contains("expected a workspace of " + std::to_string(model.num_params())) &&
                         Contains("got " + std::to_string(wider.num_params())));
+}
+
+TEST_CASE("personalize refuses unknown methods and held-out gates without validation data", "[federated]") {
+  const SmallFederation f(2, {});
+  Mlp<float> model = f.model();
+  PersonalWorkspace ws(model, f.gate());
+  const std::vector<Index> global_test = iota_indices(f.test.size());
+  PersonalizeConfig pc = small_personalize_config();
+  pc.methods = {"global", "mixture-best"};
+  CHECK_THROWS_WITH(personalize(f.clients[0], model, ws, f.test, global_test, pc, 0.5),
+                    Contains("unknown method 'mixture-best'"));
+  ClientSplit s = f.clients[0].split();
+  s.val.resize(1);
+  const Client<float> one_val(0, f.train, s, false);
+  pc.methods = {"global", "mixture-prior"};  // needs no validation data
+  CHECK(personalize(one_val, model, ws, f.test, global_test, pc, 0.5).methods.size() == 2);
+  pc.methods = {"global", "mixture-shift"};
+  CHECK_THROWS_WITH(personalize(one_val, model, ws, f.test, global_test, pc, 0.5),
+                    Contains("at least 2 validation samples") && Contains("has 1"));
 }
 
 TEST_CASE("without validation data the federation runs every round and keeps the last model", "[federated]") {

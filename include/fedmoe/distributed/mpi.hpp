@@ -24,8 +24,9 @@
 /// updates (delta and extras) with their sample counts and the validation-loss
 /// reports of the opted-in clients. Opted-out clients send nothing (Client refuses); specialist
 /// and gate parameters never leave their rank (no call accepts them). After training,
-/// `gather_results` sends each client's ClientResult to rank 0: evaluation METRICS only
-/// (accuracies, mean gate values, early-stopping summaries), never model parameters.
+/// `gather_results` sends each client's ClientResult to rank 0 (client_result.hpp's encoding, any
+/// list of methods and metrics): evaluation METRICS only (accuracies, gate diagnostics, early-stopping
+/// summaries), never model parameters.
 ///
 /// Every message is a frame (distributed/framing.hpp) with a length and a CRC-32; a truncated,
 /// corrupted, mismatched (wrong kind or element type, a broadcast of the wrong size) or misrouted
@@ -290,53 +291,28 @@ public:
       std::lock_guard lock(m_mutex);
       for (std::size_t k = 0; k < results.size(); ++k)
         if (owns(std::int64_t(k))) {
-          const auto m = encode_result(results[k]);
-          m_outbox.push_back(encode_frame(FrameKind::result, std::int64_t(k), 0, std::span<const double>(m)));
+          const std::vector<std::uint8_t> m = encode_result(results[k]);
+          m_outbox.push_back(encode_frame(FrameKind::result, std::int64_t(k), 0, std::span<const std::uint8_t>(m)));
         }
     }
     if (!is_server()) {
       send_outbox();
       return;
     }
-    receive_all(FrameKind::result, std::int64_t(result_fields), [&](const FrameView& f, int from) {
+    receive_all(FrameKind::result, -1, [&](const FrameView& f, int from) {
       check_routing(f, from);
       FEDMOE_CHECK(std::size_t(f.header.client) < results.size(), "message from rank ", from,
                    ": result of client ", f.header.client, ", expected a client id in [0, ", results.size(), ")");
-      std::vector<double> m(result_fields);
-      f.copy_to(std::span<double>(m));
-      results[std::size_t(f.header.client)] = decode_result(m);
+      std::vector<std::uint8_t> m(std::size_t(f.header.count));
+      f.copy_to(std::span<std::uint8_t>(m));
+      ClientResult r = decode_result(m);
+      FEDMOE_CHECK(r.client == f.header.client, "message from rank ", from, ": the result of client ", r.client,
+                   " in a frame for client ", f.header.client);
+      results[std::size_t(f.header.client)] = std::move(r);
     });
   }
 
 private:
-  static constexpr std::size_t result_fields = 21;
-
-  static std::vector<double> encode_result(const ClientResult& r) {
-    std::vector<double> m{double(r.client), r.opted_out ? 1.0 : 0.0};
-    m.insert(m.end(), r.local_acc, r.local_acc + 4);
-    m.insert(m.end(), r.global_acc, r.global_acc + 4);
-    m.push_back(r.mean_gate_local);
-    m.push_back(r.mean_gate_global);
-    for (const FitResult& fr : r.fits) {
-      m.push_back(double(fr.epochs));
-      m.push_back(double(fr.best_epoch));
-      m.push_back(fr.best_val_loss);
-    }
-    return m;
-  }
-  static ClientResult decode_result(const std::vector<double>& m) {
-    ClientResult r;
-    r.client = std::int64_t(m[0]);
-    r.opted_out = m[1] != 0;
-    std::copy(m.begin() + 2, m.begin() + 6, r.local_acc);
-    std::copy(m.begin() + 6, m.begin() + 10, r.global_acc);
-    r.mean_gate_local = m[10];
-    r.mean_gate_global = m[11];
-    for (int i = 0; i < 3; ++i) r.fits[i] = {int(m[std::size_t(12 + 3 * i)]), int(m[std::size_t(13 + 3 * i)]),
-                                             m[std::size_t(14 + 3 * i)]};
-    return r;
-  }
-
   void check_routing(const FrameView& f, int from) const {
     FEDMOE_CHECK(f.header.client >= 0 && owner(f.header.client) == from, "message from rank ", from, ": a '",
                  to_string(FrameKind(f.header.kind)), "' message for client ", f.header.client,
@@ -402,7 +378,8 @@ private:
       for (std::int64_t i = 0; i < n; ++i) {
         const auto bytes = receive_from(from);
         if (kind == FrameKind::update) on_frame(check_frame<Scalar>(bytes, kind, expected_count, source), from);
-        else if (kind == FrameKind::message) on_frame(check_frame<std::uint8_t>(bytes, kind, expected_count, source), from);
+        else if (kind == FrameKind::message || kind == FrameKind::result)
+          on_frame(check_frame<std::uint8_t>(bytes, kind, expected_count, source), from);
         else on_frame(check_frame<double>(bytes, kind, expected_count, source), from);
       }
     }

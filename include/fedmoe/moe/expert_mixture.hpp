@@ -106,10 +106,7 @@ public:
   /// Mixture class probabilities (classes x batch).
   const Matrix<S>& forward(const Matrix<S>& x, Mode mode, Rng& rng) {
     run(x, mode, rng);
-    const Matrix<S>& w = weights();
-    m_prob.setZero(classes(), x.cols());
-    for (std::size_t k = 0; k < K; ++k)
-      for (Index j = 0; j < m_prob.cols(); ++j) m_prob.col(j).array() += w(Index(k), j) * m_lp[k].col(j).array().exp();
+    mix_probabilities();
     return m_prob;
   }
   const Matrix<S>& forward(const Matrix<S>& x) {
@@ -133,39 +130,33 @@ public:
   /// Mean -log q; sets the gate's gradients and those of every trainable expert (frozen ones untouched).
   S loss_and_gradient(const Matrix<S>& x, const Labels& y, Mode mode, Rng& rng) {
     run(x, mode, rng);
-    detail::check_labels("ExpertMixture::loss_and_gradient", m_lp[0], y);
-    const Index n = y.size();
-    const Matrix<S>& w = weights();
-    m_dw.resize(Index(K), n);
-    for (std::size_t k = 0; k < K; ++k)
-      if (m_trainable[k]) m_dz[k].setZero(classes(), n);
+    return gradients(x, y, true);
+  }
+
+  /// Stacking with frozen experts: their log-probabilities were computed once (`log_probs[k]`, classes x
+  /// batch: log_softmax of expert k's outputs in Mode::eval) and only the gate runs. `x` holds the same
+  /// samples; a gate on GateInput::expert_log_probs does not read it (it may then be empty).
+  const Matrix<S>& forward_cached(const Matrix<S>& x, const std::array<Matrix<S>, K>& log_probs, Mode mode,
+                                  Rng& rng) {
+    use_cached(log_probs);
+    run_gate(x, mode, rng);
+    mix_probabilities();
+    return m_prob;
+  }
+  S loss_cached(const Matrix<S>& x, const std::array<Matrix<S>, K>& log_probs, const Labels& y, Mode mode, Rng& rng) {
+    use_cached(log_probs);
+    run_gate(x, mode, rng);
+    detail::check_labels("ExpertMixture::loss_cached", m_lp[0], y);
     double total = 0;
-    for (Index j = 0; j < n; ++j) {
-      const S lq = log_q(j, y[j]);
-      total -= double(lq);
-      for (std::size_t k = 0; k < K; ++k) {
-        const S lp_y = m_lp[k](y[j], j), wk = w(Index(k), j);
-        m_dw(Index(k), j) = -std::exp(lp_y - lq) / S(n);
-        if (!m_trainable[k]) continue;
-        const S r = wk > S(0) ? std::exp(std::log(wk) + lp_y - lq) : S(0);
-        m_dz[k].col(j).array() = r * m_lp[k].col(j).array().exp() / S(n);
-        m_dz[k](y[j], j) -= r / S(n);
-      }
-    }
-    const bool through_input =
-        m_input == GateInput::expert_log_probs && std::any_of(m_trainable.begin(), m_trainable.end(), [](bool t) {
-          return t;
-        });
-    const Matrix<S>& dg = m_gate->backward(gate_in(x), m_dw, AuxWeights<S>{}, through_input);
-    for_each_expert([&](auto& e, std::size_t k) {
-      if (!m_trainable[k]) return;
-      if (through_input) {  // d log_softmax: dz = g - softmax * sum(g), column by column
-        const auto g = dg.middleRows(Index(k) * classes(), classes());
-        m_dz[k].array() += g.array() - m_lp[k].array().exp().rowwise() * g.colwise().sum().array();
-      }
-      e.backward(x, m_dz[k], false);
-    });
-    return S(total / double(n));
+    for (Index j = 0; j < y.size(); ++j) total -= double(log_q(j, y[j]));
+    return S(total / double(y.size()));
+  }
+  /// Mean -log q and the gate's gradients only (the experts are not run and not touched).
+  S gate_loss_and_gradient_cached(const Matrix<S>& x, const std::array<Matrix<S>, K>& log_probs, const Labels& y,
+                                  Mode mode, Rng& rng) {
+    use_cached(log_probs);
+    run_gate(x, mode, rng);
+    return gradients(x, y, false);
   }
 
 private:
@@ -180,9 +171,66 @@ private:
     for_each_expert([&](auto& e, std::size_t k) {
       detail::log_softmax(e.forward(x, m_trainable[k] ? mode : Mode::eval, rng), m_lp[k]);
     });
+    run_gate(x, mode, rng);
+  }
+  void use_cached(const std::array<Matrix<S>, K>& log_probs) {
+    for (std::size_t k = 0; k < K; ++k) {
+      FEDMOE_CHECK(log_probs[k].rows() == classes() && log_probs[k].cols() == log_probs[0].cols(),
+                   "ExpertMixture: expected cached log-probabilities of shape ", classes(), "x", log_probs[0].cols(),
+                   " for expert ", k, ", got ", log_probs[k].rows(), "x", log_probs[k].cols());
+      m_lp[k] = log_probs[k];
+    }
+  }
+  void mix_probabilities() {
+    const Matrix<S>& w = weights();
+    m_prob.setZero(classes(), m_lp[0].cols());
+    for (std::size_t k = 0; k < K; ++k)
+      for (Index j = 0; j < m_prob.cols(); ++j) m_prob.col(j).array() += w(Index(k), j) * m_lp[k].col(j).array().exp();
+  }
+  // The loss of the last run and its gradients: the gate's, and the trainable experts' if `experts`.
+  S gradients(const Matrix<S>& x, const Labels& y, bool experts) {
+    detail::check_labels("ExpertMixture::loss_and_gradient", m_lp[0], y);
+    const Index n = y.size();
+    const Matrix<S>& w = weights();
+    const auto trains = [&](std::size_t k) { return experts && m_trainable[k]; };
+    m_dw.resize(Index(K), n);
+    for (std::size_t k = 0; k < K; ++k)
+      if (trains(k)) m_dz[k].setZero(classes(), n);
+    double total = 0;
+    for (Index j = 0; j < n; ++j) {
+      const S lq = log_q(j, y[j]);
+      total -= double(lq);
+      for (std::size_t k = 0; k < K; ++k) {
+        const S lp_y = m_lp[k](y[j], j), wk = w(Index(k), j);
+        m_dw(Index(k), j) = -std::exp(lp_y - lq) / S(n);
+        if (!trains(k)) continue;
+        const S r = wk > S(0) ? std::exp(std::log(wk) + lp_y - lq) : S(0);
+        m_dz[k].col(j).array() = r * m_lp[k].col(j).array().exp() / S(n);
+        m_dz[k](y[j], j) -= r / S(n);
+      }
+    }
+    bool any = false;
+    for (std::size_t k = 0; k < K; ++k) any = any || trains(k);
+    const bool through_input = m_input == GateInput::expert_log_probs && any;
+    const Matrix<S>& dg = m_gate->backward(gate_in(x), m_dw, AuxWeights<S>{}, through_input);
+    if (any)
+      for_each_expert([&](auto& e, std::size_t k) {
+        if (!trains(k)) return;
+        if (through_input) {  // d log_softmax: dz = g - softmax * sum(g), column by column
+          const auto g = dg.middleRows(Index(k) * classes(), classes());
+          m_dz[k].array() += g.array() - m_lp[k].array().exp().rowwise() * g.colwise().sum().array();
+        }
+        e.backward(x, m_dz[k], false);
+      });
+    return S(total / double(n));
+  }
+  void run_gate(const Matrix<S>& x, Mode mode, Rng& rng) {
     if (m_input == GateInput::expert_log_probs) {
-      m_features.resize(Index(K) * classes(), x.cols());
+      m_features.resize(Index(K) * classes(), m_lp[0].cols());
       for (std::size_t k = 0; k < K; ++k) m_features.middleRows(Index(k) * classes(), classes()) = m_lp[k];
+    } else {
+      FEDMOE_CHECK(x.cols() == m_lp[0].cols(), "ExpertMixture: expected ", m_lp[0].cols(),
+                   " samples for the gate (as the experts' log-probabilities), got ", x.cols());
     }
     const Matrix<S>& w = m_gate->forward(gate_in(x), mode, rng).weights;
     FEDMOE_CHECK(w.allFinite() && w.minCoeff() >= S(0) && w.maxCoeff() <= S(1),

@@ -60,6 +60,8 @@ public:
   const Matrix<S>& forward(const Matrix<S>& x) { return m_mix.forward(x); }
   /// The gate values h(x) of the last forward / loss call (1 x batch).
   auto gate_values() const { return m_mix.weights().row(0); }
+  /// The weights (h, 1 - h) of the specialist and the global expert (2 x batch), as ExpertMixture's.
+  const Matrix<S>& weights() const { return m_mix.weights(); }
 
   /// Mean -log q over the batch, without gradients.
   S loss(const Matrix<S>& x, const Labels& y, Mode mode, Rng& rng) { return m_mix.loss(x, y, mode, rng); }
