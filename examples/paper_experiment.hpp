@@ -48,6 +48,7 @@
 #include <fedmoe/federated/federation.hpp>
 #include <fedmoe/federated/server_optimizer.hpp>
 #include <fedmoe/federated/personalize.hpp>
+#include <fedmoe/federated/personalization/personalization.hpp>
 #include <fedmoe/io/idx.hpp>
 #include <fedmoe/io/npy.hpp>
 #include <fedmoe/models/paper.hpp>
@@ -98,7 +99,7 @@ struct Options {
   std::uint64_t seed = 1;
   std::size_t threads = 2;
   double dropout = 0.5;
-  std::string json, csv, plot;
+  std::string json, csv, plot, gate_plot;
   bool full = false;
   // Federated strategy (federated/federation.hpp): server optimizer or client algorithm, aggregator, attacks.
   std::string strategy = "fedavg";  // fedavg | fedavgm | fedadagrad | fedadam | fedyogi | fedprox | scaffold
@@ -113,7 +114,8 @@ struct Options {
   double clip_update_norm = 0;
   std::string attack = "none";
   double attackers = 0, attack_scale = 4, attack_noise = 1, client_failure = 0;
-  std::vector<std::string> methods{"global", "specialist", "finetuned", "mixture"};
+  std::vector<std::string> methods{"global", "specialist", "finetuned", "mixture", "mixture-prior"};
+  double gate_split = 0.5;  // held-out gates: the fraction of the validation data they train on
   // Client-level differential privacy (DP-FedAvg, federated/privacy/dp_mean.hpp): on with --dp-noise.
   double dp_clip = 0, dp_noise = 0, dp_delta = 1e-5;
   double dp_adaptive_quantile = -1;  // -1: fixed clipping
@@ -179,8 +181,47 @@ inline AttackConfig attack_config(const Options& o) {
 inline bool wants(const Options& o, const std::string& method) {
   return std::find(o.methods.begin(), o.methods.end(), method) != o.methods.end();
 }
+inline bool is_baseline(const std::string& name);
 inline bool wants_personalisation(const Options& o) {
-  return wants(o, "specialist") || wants(o, "finetuned") || wants(o, "mixture");
+  return std::any_of(o.methods.begin(), o.methods.end(),
+                     [](const std::string& m) { return m != "global" && !is_baseline(m); });
+}
+/// The personalised-FL baselines (federated/personalization/): each runs its own federation, from the same
+/// initial model with the setting's sampler, aggregator and server optimizer, its client algorithm keeping
+/// the client's personal part, then reports every client's personal model. Hyperparameters: the README.
+inline constexpr PersonalMethod baseline_methods[] = {
+    {"apfl", "APFL (Deng et al. 2020): personal model v and mixing weight alpha (from 0.5, learned), "
+             "the personalised model alpha v + (1 - alpha) w"},
+    {"ditto", "Ditto (Li et al. 2021): a personal model trained on loss + lambda/2 |v - w|^2, lambda 0.1"},
+    {"fedper", "FedPer (Arivazhagan et al. 2019): shared base, the last two layers personal"},
+    {"fedrep", "FedRep (Collins et al. 2021): shared representation, the last layer personal; each round 10 "
+               "epochs on the head, then 1 on the body"},
+    {"lg-fedavg", "LG-FedAvg (Liang et al. 2020): local representation, the last two layers shared"},
+};
+inline bool is_baseline(const std::string& name) {
+  return std::any_of(std::begin(baseline_methods), std::end(baseline_methods),
+                     [&](const PersonalMethod& m) { return name == m.name; });
+}
+/// The names --methods accepts: federated/personalize.hpp's personal_methods, then the baselines.
+inline std::vector<std::string> method_choices() {
+  std::vector<std::string> names;
+  for (const PersonalMethod& m : personal_methods) names.push_back(m.name);
+  for (const PersonalMethod& m : baseline_methods) names.push_back(m.name);
+  return names;
+}
+/// --help's list of the methods, one line each.
+inline std::string method_help() {
+  std::string h = "methods to run and report (global alone skips personalisation):";
+  for (const PersonalMethod& m : personal_methods) h += std::string("\n  ") + m.name + ": " + m.description;
+  for (const PersonalMethod& m : baseline_methods) h += std::string("\n  ") + m.name + ": " + m.description;
+  return h;
+}
+/// The methods personalize() runs (every --methods name but the baselines).
+inline std::vector<std::string> personal_method_names(const Options& o) {
+  std::vector<std::string> names;
+  for (const std::string& m : o.methods)
+    if (!is_baseline(m)) names.push_back(m);
+  return names;
 }
 
 /// Opted-in clients of a setting: clients - round(opt_out x clients).
@@ -284,6 +325,8 @@ void for_each_flag(O& o, F&& flag) {
        "worker threads (results are identical for any count)");
   flag("--json", o.json, Text{}, "write results as JSON (checked before the run: the file can be created)");
   flag("--csv", o.csv, Text{}, "write results as CSV (checked before the run)");
+  flag("--gate-plot", o.gate_plot, Text{},
+       "write the gate-value distributions of every mixture method: FILE.png or FILE.svg (as --plot)");
   flag("--plot", o.plot, Text{},
        "write a plot: FILE.png or FILE.svg. Needs gnuplot with the pngcairo / svg terminal (Debian: "
        "apt-get install gnuplot-nox); checked before the run");
@@ -314,8 +357,10 @@ void for_each_flag(O& o, F&& flag) {
   flag("--attack-scale", o.attack_scale, positive, "k of sign-flip (-k delta) and scale (k delta)");
   flag("--attack-noise", o.attack_noise, positive, "sigma of the noise attack");
   flag("--client-failure", o.client_failure, below_one, "probability that a sampled client fails to return");
-  flag("--methods", o.methods, Choice{{"global", "specialist", "finetuned", "mixture"}},
-       "methods to run and report: global specialist finetuned mixture (global alone skips personalisation)");
+  flag("--methods", o.methods, Choice{method_choices()}, method_help());
+  flag("--gate-split", o.gate_split, Real{0, 1, true, true},
+       "held-out mixtures (mixture-heldout, mixture-stacked*): the fraction of each client's validation data their "
+       "gate trains on; the rest early-stops it");
   // Client-level differential privacy.
   flag("--dp-clip", o.dp_clip, non_negative,
        "DP-FedAvg: clip every update delta to L2 norm C (with --dp-noise; 0: off)");
@@ -340,11 +385,11 @@ void for_each_flag(O& o, F&& flag) {
 
 /// "png" or "svg", from --plot's extension (any case); any other name is refused before any work (it
 /// used to get PNG data under whatever name was given).
-inline std::string plot_format(const std::string& path) {
+inline std::string plot_format(const std::string& path, const char* flag = "--plot") {
   std::string ext = std::filesystem::path(path).extension().string();
   for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
-  FEDMOE_CHECK(ext == ".png" || ext == ".svg",
-               "fedmoe-paper: --plot: expected a file name ending in .png or .svg, got '", path, "'");
+  FEDMOE_CHECK(ext == ".png" || ext == ".svg", "fedmoe-paper: ", flag,
+               ": expected a file name ending in .png or .svg, got '", path, "'");
   return ext.substr(1);
 }
 
@@ -355,9 +400,27 @@ inline void validate_options(const Options& o) {
     flags::check("fedmoe-paper", name, accepted, value);
   });
   if (!o.plot.empty()) (void)plot_format(o.plot);
+  if (!o.gate_plot.empty()) (void)plot_format(o.gate_plot, "--gate-plot");
   (void)make_server_optimizer<float>(server_spec(o));  // rejects impossible hyperparameters
   (void)make_aggregator(aggregator_spec(o));
   attack_config(o).validate();
+  for (std::size_t i = 0; i < o.methods.size(); ++i) {
+    FEDMOE_CHECK(std::find(o.methods.begin(), o.methods.begin() + std::ptrdiff_t(i), o.methods[i]) ==
+                     o.methods.begin() + std::ptrdiff_t(i),
+                 "fedmoe-paper: --methods: expected each method once, got '", o.methods[i], "' twice");
+    if (is_baseline(o.methods[i])) {
+      FEDMOE_CHECK(!dp_enabled(o) && !o.secure_aggregation && o.strategy != "fedprox" && o.strategy != "scaffold",
+                   "fedmoe-paper: --methods ", o.methods[i], " runs its own federation with its own client algorithm: ",
+                   "it cannot be combined with --dp-noise/--dp-clip, --secure-aggregation or --strategy fedprox/scaffold",
+                   " (got --strategy ", o.strategy, dp_enabled(o) ? ", DP" : "",
+                   o.secure_aggregation ? ", secure aggregation" : "", ")");
+      continue;
+    }
+    const PersonalMethod* m = find_personal_method(o.methods[i]);
+    FEDMOE_CHECK(m != nullptr, "fedmoe-paper: --methods: unknown method '", o.methods[i], "'");
+    FEDMOE_CHECK(!m->held_out || o.n_val >= 2, "fedmoe-paper: --methods ", m->name, " trains its gate on validation ",
+                 "data and early-stops it on more: expected --val-per-client >= 2, got ", o.n_val);
+  }
   if (dp_enabled(o)) {
     FEDMOE_CHECK(o.dp_noise > 0 && o.dp_clip > 0, "fedmoe-paper: differential privacy needs both --dp-clip C > 0 and ",
                  "--dp-noise z > 0, got --dp-clip ", o.dp_clip, " and --dp-noise ", o.dp_noise);
@@ -418,6 +481,7 @@ inline std::vector<OutputFile> output_files(const Options& o) {
   if (!o.json.empty()) files.emplace_back("--json", o.json);
   if (!o.csv.empty()) files.emplace_back("--csv", o.csv);
   if (!o.plot.empty()) files.emplace_back("--plot", o.plot);
+  if (!o.gate_plot.empty()) files.emplace_back("--gate-plot", o.gate_plot);
   return files;
 }
 
@@ -436,10 +500,12 @@ inline void check_outputs(const Options& o) {
                    " both name the file '", pi.string(), "'; expected different files");
     }
   }
-  if (!o.plot.empty()) {
-    const std::string terminal = plot_format(o.plot) == "svg" ? "svg" : "pngcairo";
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--plot", o.plot}, {"--gate-plot", o.gate_plot}}) {
+    if (path.empty()) continue;
+    const std::string terminal = plot_format(path, flag) == "svg" ? "svg" : "pngcairo";
     run_gnuplot("set terminal " + terminal + "\n", -1,
-                "fedmoe-paper: --plot needs gnuplot with the " + terminal + " terminal (checked before the run)", true);
+                std::string("fedmoe-paper: ") + flag + " needs gnuplot with the " + terminal +
+                    " terminal (checked before the run)", true);
   }
 }
 
@@ -511,7 +577,13 @@ struct Row {
   double p, opt_out;
   std::string method, group;  // group: all | opt_in | opt_out
   Stat local, global;
-  double mean_gate_local = -1, mean_gate_global = -1;
+  std::vector<std::pair<std::string, double>> metrics;               // means over the clients
+  std::vector<std::pair<std::string, std::vector<double>>> series;   // sums over the clients
+  std::optional<double> metric(std::string_view name) const {
+    for (const auto& [n, v] : metrics)
+      if (n == name) return v;
+    return std::nullopt;
+  }
 };
 
 struct Setting {
@@ -564,6 +636,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   // The federation: the strategy's client algorithm, aggregator and server optimizer in one loop.
   Rng irng = Rng::stream(o.seed, 3000);
   model.init(irng);
+  const M initial = model;  // the personalised-FL baselines' federations start here too
   FederationConfig fc;
   fc.max_rounds = o.rounds;
   fc.check_every = o.check_every;
@@ -626,14 +699,15 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   pc.lr_gate = o.lr_gate;
   pc.lr_expert = o.lr_expert;
   pc.expert_init = o.expert_init == "scratch" ? ExpertInit::scratch : ExpertInit::finetuned;
+  pc.gate_split = o.gate_split;
+  pc.methods = personal_method_names(o);
   pc.seed = o.seed;
   const double global_acc = [&] {  // a scratch copy: its activation buffers are freed right away
     M global_copy = model;
     return evaluate(global_copy, test, global_test).accuracy;
   }();
   s.clients.resize(clients.size());
-  std::vector<M> experts(o.threads, model);
-  std::vector<G> gates(o.threads, gate);
+  std::vector<PersonalWorkspace<M, G>> workspaces(o.threads, PersonalWorkspace<M, G>(model, gate));
   std::atomic<int> finished{0};
   std::mutex progress_mutex;
   std::vector<std::size_t> hosted;
@@ -643,13 +717,12 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
     const std::size_t i = hosted[h];
     if (personalise) {
-      s.clients[i] = personalize(clients[i], model, experts[w], gates[w], test, global_test, pc, global_acc);
+      s.clients[i] = personalize(clients[i], model, workspaces[w], test, global_test, pc, global_acc);
     } else {  // the global model alone: its local-test accuracy, nothing trained
       ClientResult& r = s.clients[i];
       r.client = clients[i].id();
       r.opted_out = clients[i].opted_out();
-      r.local_acc[0] = evaluate(experts[w] = model, test, clients[i].split().test).accuracy;
-      r.global_acc[0] = global_acc;
+      r.add("global", evaluate(workspaces[w].finetuned = model, test, clients[i].split().test).accuracy, global_acc);
     }
     const int f = ++finished;
     std::lock_guard lock(progress_mutex);
@@ -657,32 +730,88 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     l << label.str() << ": personalised " << f << "/" << clients.size() << " clients";
     progress.line(l.str(), done_before + share * (0.4 + 0.6 * f / double(hosted.size())));
   });
+
+  // The personalised-FL baselines: each its own federation from the same initial model, with the setting's
+  // sampler, aggregator and server optimizer; then every hosted client's personal model, evaluated.
+  auto run_baseline = [&](const std::string& name, auto algorithm) {
+    M bmodel = initial;
+    auto btransport = runtime.make_transport();
+    std::vector<typename decltype(algorithm)::State> states;
+    const FederationProgress on_b = [&](int r, int max_r, double val) {
+      std::ostringstream l;
+      l << label.str() << ": " << name << " round " << r << "/" << max_r << " val loss " << std::setprecision(4) << val;
+      progress.line(l.str(), done_before + share * r / std::max(1, max_r));
+    };
+    Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
+        UniformSampler(per_round_clients(o, opt_out)), algorithm, make_aggregator(aggregator_spec(o)),
+        make_server_optimizer<float>(server_spec(o))};
+    (void)train_federated(bmodel, clients, btransport, fc, strategy, states, on_b);
+    states.resize(clients.size());
+    parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
+      const std::size_t i = hosted[h];
+      Rng rng = Rng::stream(o.seed, fedmoe::detail::personal_stream_id(clients[i].id()));
+      M& personal = workspaces[w].finetuned;
+      personal.parameters() = algorithm.personal_parameters(personal, bmodel.parameters(), states[i],
+                                                            fedmoe::detail::local_data_of(clients[i]), rng);
+      const double local_acc = evaluate(personal, test, clients[i].split().test).accuracy;
+      s.clients[i].add(name, local_acc, evaluate(personal, test, global_test).accuracy);
+    });
+  };
+  for (const std::string& name : o.methods) {
+    if (name == "apfl") run_baseline(name, Apfl<AnyOptimizer<float>>(ApflConfig{local, 0.5, 1e-2, 5}, local_opt));
+    if (name == "ditto")
+      run_baseline(name, Ditto<AnyOptimizer<float>>(DittoConfig{0.1, local, local, 5}, local_opt));
+    if (name == "fedper") run_baseline(name, fedper(head_range(model, 2), local, local_opt));
+    if (name == "fedrep") run_baseline(name, fedrep(head_range(model, 1), 10, 1, o.batch, local_opt));
+    if (name == "lg-fedavg") run_baseline(name, lg_fedavg(body_range(model, 2), local, local_opt));
+  }
   if constexpr (requires { transport.gather_results(s.clients); }) transport.gather_results(s.clients);
   s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return s;
 }
 
+/// Mean over clients of every finite value of a metric (NaN where no client has a finite one).
+inline double mean_finite(const std::vector<double>& v) {
+  double sum = 0;
+  Index n = 0;
+  for (double x : v)
+    if (std::isfinite(x)) sum += x, ++n;
+  return n ? sum / double(n) : std::numeric_limits<double>::quiet_NaN();
+}
+
+/// The rows of one setting: per group (all clients, opted in, opted out) and method (in --methods order),
+/// the accuracies over clients (mean, std), the mean of every metric the method reports and the sum of
+/// every series (histograms). Generic: a method or metric added to personalize() appears here unchanged.
 inline std::vector<Row> summarise(const Options& o, const Setting& s) {
   std::vector<Row> rows;
   for (const char* group : {"all", "opt_in", "opt_out"}) {
-    for (int m = 0; m < 4; ++m) {
-      if (!wants(o, method_names[m])) continue;
-      std::vector<double> loc, glo, gl, gg;
+    for (const std::string& method : o.methods) {
+      std::vector<double> loc, glo;
+      Row r{s.p, s.opt_out, method, group, {}, {}, {}, {}};
+      std::vector<std::pair<std::string, std::vector<double>>> metrics;
       for (const auto& c : s.clients) {
         if ((std::string(group) == "opt_in" && c.opted_out) || (std::string(group) == "opt_out" && !c.opted_out))
           continue;
-        loc.push_back(c.local_acc[m]);
-        glo.push_back(c.global_acc[m]);
-        gl.push_back(c.mean_gate_local);
-        gg.push_back(c.mean_gate_global);
+        const MethodResult* m = c.find(method);
+        FEDMOE_CHECK(m != nullptr, "fedmoe-paper: client ", c.client, " has no result for method '", method, "'");
+        loc.push_back(m->local_acc);
+        glo.push_back(m->global_acc);
+        for (const auto& [name, value] : m->metrics) {
+          auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& e) { return e.first == name; });
+          if (it == metrics.end()) it = metrics.insert(metrics.end(), {name, {}});
+          it->second.push_back(value);
+        }
+        for (const auto& [name, values] : m->series) {
+          auto it = std::find_if(r.series.begin(), r.series.end(), [&](const auto& e) { return e.first == name; });
+          if (it == r.series.end()) it = r.series.insert(r.series.end(), {name, std::vector<double>(values.size())});
+          for (std::size_t k = 0; k < values.size() && k < it->second.size(); ++k) it->second[k] += values[k];
+        }
       }
       if (loc.empty()) continue;
-      Row r{s.p, s.opt_out, method_names[m], group, stat_of(loc), stat_of(glo)};
-      if (m == 3) {
-        r.mean_gate_local = stat_of(gl).mean;
-        r.mean_gate_global = stat_of(gg).mean;
-      }
-      rows.push_back(r);
+      r.local = stat_of(loc);
+      r.global = stat_of(glo);
+      for (const auto& [name, values] : metrics) r.metrics.emplace_back(name, mean_finite(values));
+      rows.push_back(std::move(r));
     }
   }
   return rows;
@@ -690,18 +819,19 @@ inline std::vector<Row> summarise(const Options& o, const Setting& s) {
 
 inline void print_table(const std::vector<Row>& rows, std::ostream& out) {
   out << "\nAccuracy % over clients (mean +- std), local test / global test; group: all clients\n";
-  out << std::left << std::setw(6) << "p" << std::setw(9) << "opt-out" << std::setw(12) << "method" << std::setw(18)
-      << "local test" << std::setw(18) << "global test" << "mean gate (local/global)\n";
-  out << std::string(84, '-') << "\n";
+  out << std::left << std::setw(6) << "p" << std::setw(9) << "opt-out" << std::setw(18) << "method" << std::setw(18)
+      << "local test" << std::setw(18) << "global test" << "mean gate (local/global), gate AUC\n";
+  out << std::string(100, '-') << "\n";
   for (const auto& r : rows) {
     if (r.group != "all") continue;
     std::ostringstream l, g;
     l << std::fixed << std::setprecision(1) << 100 * r.local.mean << " +- " << 100 * r.local.std;
     g << std::fixed << std::setprecision(1) << 100 * r.global.mean << " +- " << 100 * r.global.std;
-    out << std::left << std::setw(6) << r.p << std::setw(9) << r.opt_out << std::setw(12) << r.method << std::setw(18)
+    out << std::left << std::setw(6) << r.p << std::setw(9) << r.opt_out << std::setw(18) << r.method << std::setw(18)
         << l.str() << std::setw(18) << g.str();
-    if (r.mean_gate_local >= 0)
-      out << std::fixed << std::setprecision(2) << r.mean_gate_local << " / " << r.mean_gate_global;
+    const auto gl = r.metric("mean_gate_local"), gg = r.metric("mean_gate_global"), auc = r.metric("gate_auc");
+    if (gl && gg) out << std::fixed << std::setprecision(2) << *gl << " / " << *gg;
+    if (auc) out << ", " << std::fixed << std::setprecision(2) << *auc;
     out << std::defaultfloat << "\n";
   }
 }
@@ -725,7 +855,8 @@ inline nlohmann::json config_json(const Options& o) {
               {"byzantine_bound", o.byzantine_bound}, {"multi_krum_m", o.multi_krum_m},
               {"clip_update_norm", o.clip_update_norm}, {"attack", o.attack}, {"attackers", o.attackers},
               {"attack_scale", o.attack_scale}, {"attack_noise", o.attack_noise},
-              {"client_failure", o.client_failure}, {"methods", o.methods}, {"dp_clip", o.dp_clip},
+              {"client_failure", o.client_failure}, {"methods", o.methods}, {"gate_split", o.gate_split},
+              {"dp_clip", o.dp_clip},
               {"dp_noise", o.dp_noise}, {"dp_delta", o.dp_delta}, {"dp_adaptive_quantile", o.dp_adaptive_quantile},
               {"dp_count_noise", o.dp_count_noise},
               {"dp_epsilon_budget", o.dp_epsilon_budget}, {"secure_aggregation", o.secure_aggregation},
@@ -766,6 +897,18 @@ inline nlohmann::json federation_json(const Options& o, const Setting& s) {
            {"checks", checks},
            {"per_round", rounds},
            {"seconds", s.seconds}};
+  // Every client's own results (the rows are means over these): each method's accuracies and metrics.
+  json clients = json::array();
+  for (const ClientResult& c : s.clients) {
+    json methods = json::array();
+    for (const MethodResult& m : c.methods) {
+      json jm{{"method", m.method}, {"local_test_acc", m.local_acc}, {"global_test_acc", m.global_acc}};
+      for (const auto& [name, value] : m.metrics) jm[name] = std::isfinite(value) ? json(value) : json(nullptr);
+      methods.push_back(std::move(jm));
+    }
+    clients.push_back(json{{"client", c.client}, {"opted_out", c.opted_out}, {"methods", std::move(methods)}});
+  }
+  doc["clients"] = std::move(clients);
   if (const auto& dp = s.fed.privacy) {
     json eps = json::array(), clip = json::array();
     for (const RoundRecord& r : s.fed.history) {
@@ -797,10 +940,8 @@ inline nlohmann::json row_json(const Row& r) {
                    {"global_test_acc_std", r.global.std},
                    {"clients", r.local.n}};
   if (r.group != "all") j["group"] = r.group;
-  if (r.mean_gate_local >= 0) {
-    j["mean_gate_local"] = r.mean_gate_local;
-    j["mean_gate_global"] = r.mean_gate_global;
-  }
+  for (const auto& [name, value] : r.metrics) j[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+  for (const auto& [name, values] : r.series) j[name] = values;
   return j;
 }
 
@@ -821,62 +962,132 @@ std::string json_text(const Runtime& runtime, const Options& o, const std::vecto
   return doc.dump(2) + "\n";
 }
 
-/// The --csv table.
+/// The --csv table: one line per row, the accuracies, then a column for every metric any row has
+/// (in the order first seen; empty where a row has none, or its value is not finite).
 inline std::string csv_text(const std::vector<Row>& rows) {
-  std::ostringstream f;
-  f << "p,opt_out,group,method,local_test_acc,local_test_acc_std,global_test_acc,global_test_acc_std,clients\n";
-  f << std::setprecision(10);
+  std::vector<std::string> names;
   for (const auto& r : rows)
+    for (const auto& m : r.metrics)
+      if (std::find(names.begin(), names.end(), m.first) == names.end()) names.push_back(m.first);
+  std::ostringstream f;
+  f << "p,opt_out,group,method,local_test_acc,local_test_acc_std,global_test_acc,global_test_acc_std,clients";
+  for (const auto& n : names) f << ',' << n;
+  f << "\n" << std::setprecision(10);
+  for (const auto& r : rows) {
     f << r.p << ',' << r.opt_out << ',' << r.group << ',' << r.method << ',' << r.local.mean << ',' << r.local.std
-      << ',' << r.global.mean << ',' << r.global.std << ',' << r.local.n << "\n";
+      << ',' << r.global.mean << ',' << r.global.std << ',' << r.local.n;
+    for (const auto& n : names) {
+      f << ',';
+      if (const auto v = r.metric(n); v && std::isfinite(*v)) f << *v;
+    }
+    f << "\n";
+  }
   return f.str();
 }
 
-/// The gnuplot script of --plot: local test accuracy against p per method, one panel per opt-out fraction,
-/// every number inline in data blocks ($d<panel>_<method>). It names no file at all: gnuplot writes the
-/// image to its standard output, which write_plot points at the output's temporary file, so no string
-/// from the command line ever enters the script (a quote in the file name once ran commands through
-/// gnuplot's `system`).
+/// The gnuplot script of --plot: accuracy against p per method, local test (top row) and global test
+/// (bottom row), one column per opt-out fraction, every number inline in data blocks ($d<panel>_<method
+/// index>). It names no file at all: gnuplot writes the image to its standard output, which write_plot
+/// points at the output's temporary file, so no string from the command line ever enters the script (a
+/// quote in the file name once ran commands through gnuplot's `system`); the method names come from
+/// personal_methods.
 inline std::string plot_script(const Options& o, const std::vector<Row>& rows, const std::string& format) {
   const std::vector<double>& opt_outs = o.opt_out;
   std::ostringstream g;
-  g << (format == "svg" ? "set terminal svg size " : "set terminal pngcairo size ") << 480 * opt_outs.size()
-    << ",420\n";
+  g << (format == "svg" ? "set terminal svg size " : "set terminal pngcairo size ") << 520 * opt_outs.size()
+    << ",840\n";
   for (std::size_t k = 0; k < opt_outs.size(); ++k)
-    for (const char* m : method_names) {
-      if (!wants(o, m)) continue;
+    for (std::size_t m = 0; m < o.methods.size(); ++m) {
       g << "$d" << k << "_" << m << " << EOD\n";
       for (const auto& r : rows)
-        if (r.group == "all" && r.method == m && r.opt_out == opt_outs[k])
-          g << r.p << ' ' << 100 * r.local.mean << ' ' << 100 * r.local.std << ' ' << 100 * r.global.mean << "\n";
+        if (r.group == "all" && r.method == o.methods[m] && r.opt_out == opt_outs[k])
+          g << r.p << ' ' << 100 * r.local.mean << ' ' << 100 * r.local.std << ' ' << 100 * r.global.mean << ' '
+            << 100 * r.global.std << "\n";
       g << "EOD\n";
     }
-  g << "set multiplot layout 1," << opt_outs.size() << "\n";
-  g << "set xlabel 'majority fraction p'\nset ylabel 'local test accuracy %'\nset key bottom right\nset grid\n";
-  for (std::size_t k = 0; k < opt_outs.size(); ++k) {
-    g << "set title 'opt-out " << opt_outs[k] << "'\nplot ";
-    bool first = true;
-    for (const char* m : method_names) {
-      if (!wants(o, m)) continue;
-      g << (first ? "" : ", ") << "$d" << k << "_" << m << " using 1:2:3 with yerrorlines title '" << m << "'";
-      first = false;
+  g << "set multiplot layout 2," << opt_outs.size() << "\n";
+  g << "set xlabel 'majority fraction p'\nset key bottom left font ',8'\nset grid\n";
+  for (const char* which : {"local", "global"}) {
+    const int col = std::string(which) == "local" ? 2 : 4;
+    g << "set ylabel '" << which << " test accuracy %'\n";
+    for (std::size_t k = 0; k < opt_outs.size(); ++k) {
+      g << "set title '" << which << " test, opt-out " << opt_outs[k] << "'\nplot ";
+      for (std::size_t m = 0; m < o.methods.size(); ++m)
+        g << (m ? ", " : "") << "$d" << k << "_" << m << " using 1:" << col << ":" << col + 1
+          << " with yerrorlines title '" << o.methods[m] << "'";
+      g << "\n";
     }
-    g << "\n";
   }
+  g << "unset multiplot\n";
+  return g.str();
+}
+
+/// The gnuplot script of --gate-plot: for every setting (rows) and mixture method (columns), the
+/// distribution of the gate's weight on the non-global experts over the global test inputs, pooled over
+/// the clients: inputs of the client's majority classes against the other classes (fractions of each).
+/// A gate that routes puts the first near 1 and the second near 0; a constant gate draws two equal curves.
+inline std::string gate_plot_script(const std::vector<Row>& rows, const std::string& format) {
+  std::vector<const Row*> mixtures;
+  std::vector<std::string> methods;
+  std::vector<std::pair<double, double>> settings;
+  for (const auto& r : rows) {
+    if (r.group != "all" || !r.metric("gate_auc")) continue;
+    mixtures.push_back(&r);
+    if (std::find(methods.begin(), methods.end(), r.method) == methods.end()) methods.push_back(r.method);
+    if (std::find(settings.begin(), settings.end(), std::pair{r.p, r.opt_out}) == settings.end())
+      settings.emplace_back(r.p, r.opt_out);
+  }
+  std::ostringstream g;
+  g << (format == "svg" ? "set terminal svg size " : "set terminal pngcairo size ")
+    << 360 * std::max<std::size_t>(1, methods.size()) << "," << 240 * std::max<std::size_t>(1, settings.size())
+    << "\n";
+  for (std::size_t i = 0; i < mixtures.size(); ++i) {
+    const auto* maj = &mixtures[i]->series;
+    std::vector<double> a, b;
+    for (const auto& [name, v] : *maj) {
+      if (name == "gate_hist_majority") a = v;
+      if (name == "gate_hist_other") b = v;
+    }
+    double sa = 0, sb = 0;
+    for (double v : a) sa += v;
+    for (double v : b) sb += v;
+    g << "$g" << i << " << EOD\n";
+    for (std::size_t k = 0; k < a.size() && k < b.size(); ++k)
+      g << (double(k) + 0.5) / double(a.size()) << ' ' << (sa > 0 ? a[k] / sa : 0) << ' ' << (sb > 0 ? b[k] / sb : 0)
+        << "\n";
+    g << "EOD\n";
+  }
+  g << "set multiplot layout " << std::max<std::size_t>(1, settings.size()) << ","
+    << std::max<std::size_t>(1, methods.size()) << "\n";
+  g << "set xrange [0:1]\nset yrange [0:*]\nset key top center font ',8'\nset grid\n"
+    << "set xlabel 'weight on the non-global experts' font ',8'\n";
+  if (mixtures.empty()) g << "set title 'no mixture method was run'\nplot 0 notitle\n";
+  for (const auto& [p, out] : settings)
+    for (const auto& method : methods) {
+      std::size_t i = mixtures.size();
+      for (std::size_t t = 0; t < mixtures.size(); ++t)
+        if (mixtures[t]->p == p && mixtures[t]->opt_out == out && mixtures[t]->method == method) i = t;
+      if (i == mixtures.size()) {
+        g << "set multiplot next\n";
+        continue;
+      }
+      g << "set title '" << method << ", p " << p << ", opt-out " << out << ", AUC " << std::fixed
+        << std::setprecision(2) << mixtures[i]->metric("gate_auc").value_or(0) << std::defaultfloat
+        << "' font ',9'\nplot $g" << i << " using 1:2 with steps title 'majority classes', $g" << i
+        << " using 1:3 with steps title 'other classes'\n";
+    }
   g << "unset multiplot\n";
   return g.str();
 }
 
 /// Accuracy against p per method, one panel per opt-out fraction, drawn by gnuplot (plot_script) straight
 /// into `out` (written atomically: a gnuplot error leaves no file under the name given, and is an error).
-inline void write_plot(const Options& o, const std::vector<Row>& rows, const OutputFile& out) {
-  const std::string format = plot_format(out.path());
-  const std::string script = plot_script(o, rows, format);
+inline void write_plot(const std::string& script, const OutputFile& out) {
   out.write_with([&](int fd) {
-    run_gnuplot(script, fd, "fedmoe-paper: --plot '" + out.path() + "'");
+    run_gnuplot(script, fd, "fedmoe-paper: " + std::string(out.flag()) + " '" + out.path() + "'");
     struct stat st {};
-    FEDMOE_CHECK(::fstat(fd, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size > 0), "fedmoe-paper: --plot '",
-                 out.path(), "': gnuplot wrote nothing");
+    FEDMOE_CHECK(::fstat(fd, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size > 0), "fedmoe-paper: ", out.flag(),
+                 " '", out.path(), "': gnuplot wrote nothing");
   });
 }
 
@@ -898,7 +1109,12 @@ void write_outputs(const Runtime& runtime, const Options& o, const std::vector<R
       OutputFile("--json", o.json).write(json_text(runtime, o, rows, settings, total_seconds, peak_kib));
     });
   if (!o.csv.empty()) attempt([&] { OutputFile("--csv", o.csv).write(csv_text(rows)); });
-  if (!o.plot.empty()) attempt([&] { write_plot(o, rows, OutputFile("--plot", o.plot)); });
+  if (!o.plot.empty())
+    attempt([&] { write_plot(plot_script(o, rows, plot_format(o.plot)), OutputFile("--plot", o.plot)); });
+  if (!o.gate_plot.empty())
+    attempt([&] {
+      write_plot(gate_plot_script(rows, plot_format(o.gate_plot, "--gate-plot")), OutputFile("--gate-plot", o.gate_plot));
+    });
   FEDMOE_CHECK(failures.empty(), failures);
 }
 
@@ -964,7 +1180,8 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
                   << privacy::to_string(s.fed.privacy->conversion) << " conversion"
                   << (s.fed.privacy->budget_stop_round > 0 ? ", stopped by the budget" : "") << ")\n"
                   << std::defaultfloat;
-      for (auto& r : summarise(o, s)) rows.push_back(r);
+      if (root)  // the other processes of an MPI run hold only their own clients' results
+        for (auto& r : summarise(o, s)) rows.push_back(r);
     }
   const double total = std::chrono::duration<double>(Clock::now() - start).count();
   rusage ru{};
