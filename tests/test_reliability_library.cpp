@@ -165,15 +165,30 @@ TEST_CASE("personalisation refuses client data of another shape before training"
   ClientSplit split{first(10), {10, 11, 12, 13, 14}, {0, 1, 2, 3, 4}, {}};
   const Client<float> client(0, wide, split, false);
   auto global = fashion_cnn<float>(10, 0.0);
-  auto expert = global;
-  auto gate = fashion_cnn_gate<float>(0.0);
+  PersonalWorkspace ws(global, fashion_cnn_gate<float>(0.0));
   Rng rng(3);
   global.init(rng);
   PersonalizeConfig pc;
   pc.fit = {1, 1, 1, 5};
   const std::vector<Index> global_test = first(5);
-  CHECK_THROWS_WITH(personalize(client, global, expert, gate, wide, global_test, pc, 0.0),
+  CHECK_THROWS_WITH(personalize(client, global, ws, wide, global_test, pc, 0.0),
                     Contains("the model expects samples of shape [1x28x28], the data has samples of shape [1x14x56]"));
+}
+
+TEST_CASE("a client algorithm refuses local data of another shape before its first step", "[reliability][shapes]") {
+  const Dataset<float> wide = images(Shape{1, 14, 56}, 10, 10);
+  auto model = fashion_cnn<float>(10, 0.0);
+  Rng rng(4);
+  model.init(rng);
+  const Vector<float> global = model.parameters();
+  const GlobalView<float> view{global, {}};
+  const std::vector<Index> idx = first(10);
+  const LocalData<float> local{wide, idx};
+  NoClientState state;
+  CHECK_THROWS_WITH(LocalTraining<Adam<float>>({1, 5}, Adam<float>(1e-3)).train(model, view, local, state, rng),
+                    Contains("local training: the model expects samples of shape [1x28x28], the data has samples "
+                             "of shape [1x14x56]"));
+  CHECK(model.parameters() == global);  // nothing stepped
 }
 
 TEST_CASE("the mixture and the mixture-of-experts layer compare input shapes, not sizes", "[reliability][shapes]") {

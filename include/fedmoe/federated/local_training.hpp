@@ -72,6 +72,7 @@ Index local_steps(M& model, O& opt, L& loss, const LocalData<typename M::scalar_
                   const LocalUpdateConfig& config, Rng& rng, Correct&& correct) {
   using S = typename M::scalar_type;
   FEDMOE_CHECK(config.epochs >= 0, "local training: expected epochs >= 0, got ", config.epochs);
+  check_sample_shape("local training", input_shape_of(model), local.data.shape);  // shapes, not sizes
   thread_local Matrix<S> grad;  // reused across calls: no allocation in steady state
   thread_local Labels flipped;
   Batcher<S> batcher(local.data, local.train, config.batch_size);

@@ -259,11 +259,9 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
                          const Dataset<S>& test_data, std::span<const Index> global_test_idx,
                          const PersonalizeConfig& config, const double global_model_global_acc) {
   config.validate();
-  FEDMOE_CHECK(ws.specialist.num_params() == global_model.num_params() &&
-                   ws.finetuned.num_params() == global_model.num_params() &&
-                   ws.expert.num_params() == global_model.num_params(),
-               "personalize: expected a workspace of ",
-               global_model.num_params(), " parameters (the global architecture), got ", ws.specialist.num_params());
+  for (const M* m : {&ws.specialist, &ws.finetuned, &ws.expert})
+    FEDMOE_CHECK(m->num_params() == global_model.num_params(), "personalize: expected a workspace of ",
+                 global_model.num_params(), " parameters (the global architecture), got ", m->num_params());
   const Dataset<S>& train_data = client.train_data();
   const ClientSplit& split = client.split();
   const auto wants = [&](std::string_view m) { return config.wants(m); };
@@ -278,7 +276,8 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
   M global = global_model;  // the downloaded copy (frozen)
   const bool need_spec = wants("specialist") || wants("mixture-stacked3");
   const bool need_ft = wants("finetuned") || wants("mixture-heldout") || wants("mixture-stacked") ||
-                       wants("mixture-stacked3") || wants("mixture-shift") || wants("mixture-prior") || (wants("mixture") && config.expert_init == ExpertInit::finetuned);
+                       wants("mixture-stacked3") || wants("mixture-shift") || wants("mixture-prior") ||
+                       (wants("mixture") && config.expert_init == ExpertInit::finetuned);
   FitResult spec_fit, ft_fit, mix_fit, heldout_fit, stacked_fit, stacked3_fit, shift_fit;
 
   if (need_spec) {  // from scratch, local data only
@@ -325,16 +324,12 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
       {ExpertPrior::client, ExpertPrior::federation}, LabelShiftGate<S>::log_weights_from_counts(counts))};
   ProbabilityGate<LabelShiftGate<S>> shift_gate = prior_gate;
   ExpertMixture prior(GateInput::expert_log_probs, prior_gate, ws.finetuned, global);
-  prior.set_trainable(0, false);
-  prior.set_trainable(1, false);
   ExpertMixture shift(GateInput::expert_log_probs, shift_gate, ws.finetuned, global);
-  shift.set_trainable(0, false);
-  shift.set_trainable(1, false);
-  for (std::size_t k = 0; k < 3; ++k) {
-    if (k < 2) heldout.set_trainable(k, false);
-    if (k < 2) stacked.set_trainable(k, false);
-    stacked3.set_trainable(k, false);
-  }
+  heldout.freeze_experts();
+  stacked.freeze_experts();
+  stacked3.freeze_experts();
+  prior.freeze_experts();
+  shift.freeze_experts();
   if (held_out) {
     std::vector<Index> val(split.val.begin(), split.val.end());
     Rng srng = rng_for(4);
@@ -342,34 +337,21 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
     const std::size_t n_fit = std::clamp<std::size_t>(std::size_t(std::llround(config.gate_split * double(val.size()))),
                                                       1, val.size() - 1);
     const std::span<const Index> fit_idx(val.data(), n_fit), stop_idx(val.data() + n_fit, val.size() - n_fit);
-    if (wants("mixture-heldout")) {
-      const auto tr = detail::cache_samples<S, 2>(train_data, fit_idx, true, ws.finetuned, global);
-      const auto va = detail::cache_samples<S, 2>(train_data, stop_idx, true, ws.finetuned, global);
-      Rng rng = rng_for(5);
-      ws.heldout_gate.init(rng);
-      heldout_fit = detail::fit_gate_cached(heldout, tr, va, config.fit, config.lr_gate, rng);
-    }
-    if (wants("mixture-stacked")) {
-      const auto tr = detail::cache_samples<S, 2>(train_data, fit_idx, false, ws.finetuned, global);
-      const auto va = detail::cache_samples<S, 2>(train_data, stop_idx, false, ws.finetuned, global);
-      Rng rng = rng_for(6);
-      stacked_gate.init(rng);
-      stacked_fit = detail::fit_gate_cached(stacked, tr, va, config.fit, config.lr_gate, rng);
-    }
-    if (wants("mixture-stacked3")) {
-      const auto tr = detail::cache_samples<S, 3>(train_data, fit_idx, false, ws.specialist, ws.finetuned, global);
-      const auto va = detail::cache_samples<S, 3>(train_data, stop_idx, false, ws.specialist, ws.finetuned, global);
-      Rng rng = rng_for(7);
-      stacked3_gate.init(rng);
-      stacked3_fit = detail::fit_gate_cached(stacked3, tr, va, config.fit, config.lr_gate, rng);
-    }
-    if (wants("mixture-shift")) {
-      const auto tr = detail::cache_samples<S, 2>(train_data, fit_idx, false, ws.finetuned, global);
-      const auto va = detail::cache_samples<S, 2>(train_data, stop_idx, false, ws.finetuned, global);
-      Rng rng = rng_for(8);
-      shift_gate.init(rng);
-      shift_fit = detail::fit_gate_cached(shift, tr, va, config.fit, config.lr_gate, rng);
-    }
+    // Each held-out gate starts from its own stream, trains against the frozen experts' outputs on
+    // fit_idx (computed once) and early-stops on stop_idx.
+    const auto fit_frozen = [&](auto& mix, std::uint64_t purpose, auto&... experts) {
+      constexpr std::size_t K = sizeof...(experts);
+      const bool keep_x = mix.gate_input() == GateInput::sample;
+      const auto tr = detail::cache_samples<S, K>(train_data, fit_idx, keep_x, experts...);
+      const auto va = detail::cache_samples<S, K>(train_data, stop_idx, keep_x, experts...);
+      Rng rng = rng_for(purpose);
+      mix.gate().init(rng);
+      return detail::fit_gate_cached(mix, tr, va, config.fit, config.lr_gate, rng);
+    };
+    if (wants("mixture-heldout")) heldout_fit = fit_frozen(heldout, 5, ws.finetuned, global);
+    if (wants("mixture-stacked")) stacked_fit = fit_frozen(stacked, 6, ws.finetuned, global);
+    if (wants("mixture-stacked3")) stacked3_fit = fit_frozen(stacked3, 7, ws.specialist, ws.finetuned, global);
+    if (wants("mixture-shift")) shift_fit = fit_frozen(shift, 8, ws.finetuned, global);
   }
 
   // Evaluation, in chunks: every frozen expert's log-probabilities once per chunk, shared by the methods.

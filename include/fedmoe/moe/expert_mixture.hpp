@@ -91,6 +91,8 @@ public:
     FEDMOE_CHECK(k < K, "ExpertMixture::set_trainable: expected an expert index in [0, ", K, "), got ", k);
     m_trainable[k] = trainable;
   }
+  /// Every expert frozen (stacking: only the gate trains).
+  void freeze_experts() { m_trainable.fill(false); }
   bool trainable(std::size_t k) const { return m_trainable.at(k); }
   GateInput gate_input() const { return m_input; }
 
