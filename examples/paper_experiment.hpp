@@ -202,18 +202,21 @@ inline bool is_baseline(const std::string& name) {
   return std::any_of(std::begin(baseline_methods), std::end(baseline_methods),
                      [&](const PersonalMethod& m) { return name == m.name; });
 }
-/// The names --methods accepts: federated/personalize.hpp's personal_methods, then the baselines.
+/// Every method --methods accepts: federated/personalize.hpp's personal_methods, then the baselines.
+template <class F>
+void for_each_method(F&& f) {
+  for (const PersonalMethod& m : personal_methods) f(m);
+  for (const PersonalMethod& m : baseline_methods) f(m);
+}
 inline std::vector<std::string> method_choices() {
   std::vector<std::string> names;
-  for (const PersonalMethod& m : personal_methods) names.push_back(m.name);
-  for (const PersonalMethod& m : baseline_methods) names.push_back(m.name);
+  for_each_method([&](const PersonalMethod& m) { names.push_back(m.name); });
   return names;
 }
 /// --help's list of the methods, one line each.
 inline std::string method_help() {
   std::string h = "methods to run and report (global alone skips personalisation):";
-  for (const PersonalMethod& m : personal_methods) h += std::string("\n  ") + m.name + ": " + m.description;
-  for (const PersonalMethod& m : baseline_methods) h += std::string("\n  ") + m.name + ": " + m.description;
+  for_each_method([&](const PersonalMethod& m) { h.append("\n  ").append(m.name).append(": ").append(m.description); });
   return h;
 }
 /// The methods personalize() runs (every --methods name but the baselines).

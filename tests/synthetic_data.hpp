@@ -1,9 +1,14 @@
 #pragma once
-// Synthetic classification data shared by the federation, end-to-end and MPI tests.
+// Synthetic classification data shared by the federation, end-to-end and MPI tests, and the small
+// label-skewed federation (Blobs) of the strategy, privacy, secure-aggregation and baseline tests.
 #include <cstdint>
+#include <vector>
 
 #include <fedmoe/core/rng.hpp>
 #include <fedmoe/data/dataset.hpp>
+#include <fedmoe/data/partition.hpp>
+#include <fedmoe/federated/client.hpp>
+#include <fedmoe/models/paper.hpp>
 
 namespace fedmoe::test {
 
@@ -25,6 +30,34 @@ Dataset<S> gaussian_classes(Index n, Index dim, Index classes, double noise, std
   }
   d.validate();
   return d;
+}
+
+/// Label-skewed 4-class blobs (gaussian_classes, noise 0.9) over `n` clients, majority p = 0.8 with
+/// 20 train / 10 val / 5 test samples each; client k opts out when opt_out[k] is true.
+struct Blobs {
+  static constexpr Index dim = 8, classes = 4;
+  Dataset<float> train;
+  std::vector<Client<float>> clients;
+  explicit Blobs(Index n, std::vector<bool> opt_out = {}, Index samples = 800)
+      : train(gaussian_classes<float>(samples, dim, classes, 0.9, 1)) {
+    Rng rng(11);
+    const Partition part =
+        partition_majority(train.labels, train.labels, classes, PartitionSpec{n, 20, 10, 5, 0.8}, rng);
+    for (Index k = 0; k < n; ++k)
+      clients.emplace_back(k, train, part[k], std::size_t(k) < opt_out.size() && opt_out[std::size_t(k)]);
+  }
+  /// The MLP every such test trains (16 hidden units), initialised from Rng(5).
+  Mlp<float> model() const {
+    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
+    Rng rng(5);
+    m.init(rng);
+    return m;
+  }
+};
+
+template <class S>
+bool same_vector(const Vector<S>& a, const Vector<S>& b) {
+  return a.size() == b.size() && (a.array() == b.array()).all();
 }
 
 }  // namespace fedmoe::test

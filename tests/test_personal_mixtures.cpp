@@ -1,7 +1,8 @@
-// The personal mixtures' pieces: the label-shift gate (its prior is the label-shift posterior, its
-// gradients pass the central-difference check, alone and inside a mixture with trainable experts),
-// the gate AUC against a brute-force count, and the generic client results' byte encoding (round
-// trip, and every truncation or corruption refused without reading past the end).
+// The personal mixtures' pieces: the label-shift gate (moe/label_shift_gate.hpp; its prior is the
+// label-shift posterior, its gradients pass the central-difference check, alone and inside a mixture
+// with trainable experts), the gate AUC (training/metrics.hpp) against a brute-force count, and the
+// generic client results' byte encoding (federated/client_result.hpp: round trip, and every truncation
+// or corruption refused without reading past the end).
 #include <catch2/catch.hpp>
 
 #include <cmath>

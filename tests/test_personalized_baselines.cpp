@@ -1,5 +1,5 @@
-// Personalised-FL baselines as client algorithms (federated/personalization/): APFL, Ditto, FedPer,
-// FedRep, LG-FedAvg. Their contracts (what is uploaded, what stays personal, what is frozen), APFL's
+// Personalised-FL baselines as client algorithms (federated/personalization/): APFL (apfl.hpp), Ditto
+// (ditto.hpp), FedPer, FedRep and LG-FedAvg (partial_sharing.hpp). Their contracts (what is uploaded, what stays personal, what is frozen), APFL's
 // gradients against central differences, a heterogeneous federation where every personal model beats
 // FedAvg's global one on its client's data, and determinism for any thread count.
 #include <catch2/catch.hpp>
@@ -23,30 +23,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-template <class S>
-bool same_vector(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() && (a.array() == b.array()).all();
-}
-
-/// Label-skewed 4-class blobs over `n` clients, 20 train / 10 val samples each (as test_strategies.cpp).
-struct Blobs {
-  static constexpr Index dim = 8, classes = 4;
-  Dataset<float> train = test::gaussian_classes<float>(800, dim, classes, 0.9, 1);
-  std::vector<Client<float>> clients;
-  explicit Blobs(Index n, std::vector<bool> opt_out = {}) {
-    Rng rng(11);
-    const Partition part =
-        partition_majority(train.labels, train.labels, classes, PartitionSpec{n, 20, 10, 5, 0.8}, rng);
-    for (Index k = 0; k < n; ++k)
-      clients.emplace_back(k, train, part[k], std::size_t(k) < opt_out.size() && opt_out[std::size_t(k)]);
-  }
-  Mlp<float> model() const {
-    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
-    Rng rng(5);
-    m.init(rng);
-    return m;
-  }
-};
+using test::Blobs;
+using test::same_vector;
 
 FederationConfig config(int rounds, std::size_t threads = 1) {
   FederationConfig c;

@@ -133,22 +133,9 @@ TEST_CASE("Server::step refuses to run a randomised aggregator without the round
 
 namespace {
 
-struct Blobs {
-  static constexpr Index dim = 8, classes = 4;
-  Dataset<float> train = test::gaussian_classes<float>(1600, dim, classes, 0.9, 1);
-  std::vector<Client<float>> clients;
-  explicit Blobs(Index n) {
-    Rng rng(11);
-    const Partition part =
-        partition_majority(train.labels, train.labels, classes, PartitionSpec{n, 20, 10, 5, 0.8}, rng);
-    for (Index k = 0; k < n; ++k) clients.emplace_back(k, train, part[k], k == 0);  // client 0 opts out
-  }
-  Mlp<float> model() const {
-    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
-    Rng rng(5);
-    m.init(rng);
-    return m;
-  }
+/// The small federation of the DP tests: 1,600 samples, client 0 opts out.
+struct Blobs : test::Blobs {
+  explicit Blobs(Index n) : test::Blobs(n, {true}, 1600) {}
 };
 
 using DpStrategy = Strategy<PoissonSampler, LocalTraining<Adam<float>>, DpMean, Sgd<float>>;

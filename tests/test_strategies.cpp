@@ -24,30 +24,8 @@ static_assert(ClientSampler<UniformSampler> && ClientSampler<PoissonSampler>);
 
 namespace {
 
-template <class S>
-bool same_vector(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() && (a.array() == b.array()).all();
-}
-
-/// Label-skewed 4-class blobs over `n` clients, 20 train / 10 val samples each.
-struct Blobs {
-  static constexpr Index dim = 8, classes = 4;
-  Dataset<float> train = test::gaussian_classes<float>(800, dim, classes, 0.9, 1);
-  std::vector<Client<float>> clients;
-  explicit Blobs(Index n, std::vector<bool> opt_out = {}) {
-    Rng rng(11);
-    const Partition part =
-        partition_majority(train.labels, train.labels, classes, PartitionSpec{n, 20, 10, 5, 0.8}, rng);
-    for (Index k = 0; k < n; ++k)
-      clients.emplace_back(k, train, part[k], std::size_t(k) < opt_out.size() && opt_out[std::size_t(k)]);
-  }
-  Mlp<float> model() const {
-    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
-    Rng rng(5);
-    m.init(rng);
-    return m;
-  }
-};
+using test::Blobs;
+using test::same_vector;
 
 FederationConfig config(int rounds, std::size_t threads = 1) {
   FederationConfig c;

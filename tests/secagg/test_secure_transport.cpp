@@ -169,22 +169,7 @@ TEST_CASE("configurations that break t > n/2 or the fixed-point bounds are refus
 }
 
 namespace {
-struct Blobs {
-  static constexpr Index dim = 8, classes = 4;
-  Dataset<float> train = test::gaussian_classes<float>(800, dim, classes, 0.9, 1);
-  std::vector<Client<float>> clients;
-  explicit Blobs(Index n) {
-    Rng rng(11);
-    const Partition part = partition_majority(train.labels, train.labels, classes, PartitionSpec{n, 20, 10, 5, 0.8}, rng);
-    for (Index k = 0; k < n; ++k) clients.emplace_back(k, train, part[k], false);
-  }
-  Mlp<float> model() const {
-    Mlp<float> m = mlp<float>(Shape{dim, 1, 1}, classes, 16);
-    Rng rng(5);
-    m.init(rng);
-    return m;
-  }
-};
+using test::Blobs;
 }  // namespace
 
 TEST_CASE("a secure federation: close to the plain one, bitwise the same for any threads and any keys", "[secagg]") {
