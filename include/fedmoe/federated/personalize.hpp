@@ -378,23 +378,17 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
       if (need_spec) tl.t[method_index("specialist")].add(lp[0], y, Matrix<S>::Zero(1, y.size()), false);
       if (need_ft) tl.t[method_index("finetuned")].add(lp[1], y, Matrix<S>::Zero(1, y.size()), false);
       if (wants("mixture")) tl.t[method_index("mixture")].add(joint.forward(x), y, joint.weights(), keep);
-      if (need_ft) {
+      if (need_ft) {  // the frozen-expert mixtures: only their gates run, on the experts' outputs above
         const std::array<Matrix<S>, 2> two{lp[1], lp[2]};
-        if (wants("mixture-prior"))
-          tl.t[method_index("mixture-prior")].add(prior.forward_cached(x, two, Mode::eval, unused), y,
-                                                  prior.weights(), keep);
-        if (wants("mixture-heldout"))
-          tl.t[method_index("mixture-heldout")].add(heldout.forward_cached(x, two, Mode::eval, unused), y,
-                                                    heldout.weights(), keep);
-        if (wants("mixture-stacked"))
-          tl.t[method_index("mixture-stacked")].add(stacked.forward_cached(x, two, Mode::eval, unused), y,
-                                                    stacked.weights(), keep);
-        if (wants("mixture-shift"))
-          tl.t[method_index("mixture-shift")].add(shift.forward_cached(x, two, Mode::eval, unused), y,
-                                                  shift.weights(), keep);
-        if (wants("mixture-stacked3"))
-          tl.t[method_index("mixture-stacked3")].add(stacked3.forward_cached(x, lp, Mode::eval, unused), y,
-                                                     stacked3.weights(), keep);
+        const auto cached = [&](const char* name, auto& mix, const auto& log_probs) {
+          if (wants(name))
+            tl.t[method_index(name)].add(mix.forward_cached(x, log_probs, Mode::eval, unused), y, mix.weights(), keep);
+        };
+        cached("mixture-prior", prior, two);
+        cached("mixture-heldout", heldout, two);
+        cached("mixture-stacked", stacked, two);
+        cached("mixture-shift", shift, two);
+        cached("mixture-stacked3", stacked3, lp);
       }
     }
     return tl;
