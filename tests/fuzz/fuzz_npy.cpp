@@ -1,0 +1,16 @@
+/// @file fuzz_npy.cpp
+/// @brief Fuzz target: load_npy_dataset (io/npy.hpp) on an inputs .npy and a labels .npy, samples of
+/// shape {2, 3}, 10 classes. Input: two files joined as in fuzz_target.hpp (inputs first).
+#include <fedmoe/io/npy.hpp>
+
+#include "fuzz_target.hpp"
+
+FEDMOE_FUZZ_TARGET {
+  static fedmoe::fuzz::ScratchFile inputs("npy-inputs.npy"), labels("npy-labels.npy");
+  const auto parts = fedmoe::fuzz::two_parts(data, size);
+  if (!parts.ok) return 0;
+  inputs.write(parts.first);
+  labels.write(parts.second);
+  return fedmoe::fuzz::expect_clean_error(
+      [&] { (void)fedmoe::load_npy_dataset<float>(inputs.path(), labels.path(), fedmoe::Shape{2, 3}, 10); });
+}
