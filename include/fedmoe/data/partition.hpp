@@ -154,8 +154,9 @@ inline std::vector<Index> class_histogram(std::span<const Index> indices, const 
 namespace detail {
 
 /// Most samples per client and split: sizes go through double (round(p n), the quantity-skew
-/// shares), which is exact for integers up to 2^53.
-inline constexpr Index max_split_size = Index(1) << 53;
+/// shares), which is exact for integers up to 2^53; a 32-bit Index (armhf) is the tighter limit there.
+inline constexpr Index max_split_size =
+    std::numeric_limits<Index>::digits > 53 ? Index(1) << 53 : std::numeric_limits<Index>::max();
 
 inline void check_partition_spec(const PartitionSpec& s, const char* who) {
   FEDMOE_CHECK(s.clients > 0, who, ": expected clients > 0, got ", s.clients);
@@ -164,7 +165,9 @@ inline void check_partition_spec(const PartitionSpec& s, const char* who) {
   FEDMOE_CHECK(s.n_test >= 0, who, ": expected n_test >= 0, got ", s.n_test);
   using Count = std::pair<const char*, Index>;
   for (const auto& [name, n] : {Count{"n_train", s.n_train}, Count{"n_val", s.n_val}, Count{"n_test", s.n_test}})
-    FEDMOE_CHECK(n <= max_split_size, who, ": expected ", name, " <= 2^53 (", max_split_size, "), got ", n);
+    FEDMOE_CHECK(n <= max_split_size, who, ": expected ", name,
+                 max_split_size == std::numeric_limits<Index>::max() ? " <= the largest Index (" : " <= 2^53 (",
+                 max_split_size, "), got ", n);
   FEDMOE_CHECK(s.p >= 0 && s.p <= 1, who, ": expected 0 <= p <= 1, got ", s.p);  // NaN fails too
   // The totals over all clients are computed in Index: refuse a product that would overflow (undefined
   // behaviour) before it is formed. n_train + n_val <= 2^54 cannot overflow.

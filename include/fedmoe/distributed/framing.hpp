@@ -23,7 +23,9 @@
 /// `check_frame` rejects - with an error naming the sender (`source`), the expected and the
 /// actual value - a truncated or over-long message, a wrong magic/version/kind/element size,
 /// a checksum mismatch (corruption anywhere in header or payload), and a payload whose element
-/// count differs from the one the receiver expects (wrong shape).
+/// count differs from the one the receiver expects (wrong shape). The 64-bit count fields are checked
+/// in 64 bits against the payload before anything is sized from them; `frame_index` narrows a 64-bit
+/// field (a sample count) to this target's Index, refusing what a 32-bit Index cannot hold.
 #include <zlib.h>
 
 #include <cstddef>
@@ -35,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/checked_size.hpp"
 #include "../core/error.hpp"
 
 namespace fedmoe {
@@ -165,6 +168,16 @@ FrameView check_frame(std::span<const std::byte> bytes, FrameKind expected, std:
   FEDMOE_CHECK(expected_count < 0 || h.count == expected_count, "message from ", source, ": wrong shape: a '",
                to_string(expected), "' message of ", h.count, " elements, expected ", expected_count);
   return {h, payload};
+}
+
+/// A 64-bit header field (`what`, e.g. "sample count") as an Index: an error naming the sender and the
+/// limit when this target's Index cannot hold it (a 32-bit Index would wrap 2^40 to 0); its sign is the
+/// caller's to check.
+inline Index frame_index(std::int64_t value, std::string_view what, std::string_view source) {
+  const std::uint64_t magnitude = value < 0 ? 0 - std::uint64_t(value) : std::uint64_t(value);
+  FEDMOE_CHECK(magnitude <= detail::max_index, "message from ", source, ": a ", what, " of ", value,
+               ", expected at most ", detail::max_index_text(), " in magnitude");
+  return Index(value);
 }
 
 }  // namespace fedmoe

@@ -172,7 +172,7 @@ public:
       const Index n = Index(all.size());
       const bool split = p > 0 && n >= p && n % p == 0;
       ClientUpdate<Scalar> u{f.header.client, Eigen::Map<const Vector<Scalar>>(all.data(), split ? p : n),
-                             Index(f.header.aux), {}};
+                             frame_index(f.header.aux, "sample count", "rank " + std::to_string(from)), {}};
       for (Index k = 1; split && k < n / p; ++k) u.extras.emplace_back(Eigen::Map<const Vector<Scalar>>(all.data() + k * p, p));
       out.push_back(std::move(u));
     });
@@ -199,7 +199,7 @@ public:
       check_routing(f, from);
       FEDMOE_CHECK(f.header.aux >= 0, "message from rank ", from, ": a validation report of client ", f.header.client,
                    " over ", f.header.aux, " samples, expected >= 0");
-      ValidationReport r{f.header.client, 0.0, Index(f.header.aux)};
+      ValidationReport r{f.header.client, 0.0, frame_index(f.header.aux, "sample count", "rank " + std::to_string(from))};
       f.copy_to(std::span<double>(&r.loss_sum, 1));
       out.push_back(r);
     });

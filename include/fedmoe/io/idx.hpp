@@ -9,7 +9,10 @@
 ///
 /// Checks: magic numbers, dims, image count == label count, labels < classes, and an exact
 /// payload length (a truncated file or trailing data is an error naming both byte counts).
-/// Pixels are scaled to [0, 1] (x / 255); samples have shape {1, rows, cols}.
+/// Every size is computed in 64 bits and checked against this target's Index and size_t before it is
+/// used (65536 x 65536 pixels per image is 2^32: readable on a 64-bit target, refused on a 32-bit one).
+/// Pixels are scaled to [0, 1] by an IEEE division x / 255 in a scalar loop, so the data is bitwise the
+/// same on every CPU (Eigen's vectorised division on ARMv7 NEON is a reciprocal estimate, not IEEE).
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
@@ -18,6 +21,7 @@
 
 #include <zlib.h>
 
+#include "../core/checked_size.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../data/dataset.hpp"
@@ -96,6 +100,15 @@ private:
   gzFile m_file = nullptr;
 };
 
+/// out[k] = bytes[k] / 255 in S: a plain loop of IEEE divisions (the compiler may vectorise it only with an
+/// IEEE vector division, as on x86-64 and aarch64), never Eigen's packet division, which on ARMv7 NEON is
+/// a reciprocal estimate plus one Newton step and differs from x / 255 in the last bits. So a data set
+/// loads bitwise the same on every CPU.
+template <class S>
+void scale_bytes(const unsigned char* bytes, std::size_t n, S* out) {
+  for (std::size_t k = 0; k < n; ++k) out[k] = S(bytes[k]) / S(255);
+}
+
 inline std::string idx_hex(std::uint32_t v) {
   const char* hex = "0123456789ABCDEF";
   std::string s = "0x";
@@ -132,8 +145,16 @@ Dataset<S> load_idx(const std::string& images_path, const std::string& labels_pa
   FEDMOE_CHECK(n == nl, who, ": image count ", n, " in '", images_path, "' != label count ", nl, " in '", labels_path,
                "'");
 
-  const std::size_t pixels = std::size_t(rows) * cols;
-  const std::vector<unsigned char> image_bytes = images.payload(std::size_t(n) * pixels, 16);
+  // In 64 bits: rows x cols reaches 2^32 and n x rows x cols almost 2^64, which wrap a 32-bit size_t.
+  const std::uint64_t pixels = std::uint64_t(rows) * cols;
+  const std::uint64_t values = std::uint64_t(n) * pixels;
+  FEDMOE_CHECK(pixels <= detail::max_index, who, ": '", images_path, "': images of ", rows, " x ", cols, " = ", pixels,
+               " pixels, expected at most ", detail::max_index_text());
+  FEDMOE_CHECK(std::uint64_t(n) <= detail::max_index, who, ": '", images_path, "': ", n,
+               " images, expected at most ", detail::max_index_text());
+  FEDMOE_CHECK(values <= detail::max_index, who, ": '", images_path, "': ", n, " images of ", rows, " x ", cols,
+               " = ", values, " pixels in all, expected at most ", detail::max_index_text());
+  const std::vector<unsigned char> image_bytes = images.payload(std::size_t(values), 16);
   const std::vector<unsigned char> label_bytes = labels.payload(n, 8);
 
   Dataset<S> data{Matrix<S>(Index(pixels), Index(n)), Labels(Index(n)), Shape{1, Index(rows), Index(cols)}, classes};
@@ -143,7 +164,7 @@ Dataset<S> load_idx(const std::string& images_path, const std::string& labels_pa
     data.labels[Index(i)] = label_bytes[i];
   }
   // Each image is rows x cols row-major: exactly one column of the C,H,W-flattened batch.
-  for (std::size_t k = 0; k < image_bytes.size(); ++k) data.inputs.data()[k] = S(image_bytes[k]) / S(255);
+  detail::scale_bytes(image_bytes.data(), image_bytes.size(), data.inputs.data());
   return data;
 }
 

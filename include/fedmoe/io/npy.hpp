@@ -33,11 +33,13 @@
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xnpy.hpp>
 
+#include "../core/checked_size.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../data/dataset.hpp"
 #include "../layers/layer.hpp"
 #include "../models/model.hpp"
+#include "idx.hpp"
 #include "serialization.hpp"
 
 namespace fedmoe {
@@ -79,7 +81,8 @@ struct NpyHeader {
 };
 
 /// "(3, 5)", NumPy style.
-inline std::string npy_shape_string(const std::vector<Index>& shape) {
+template <class Dim>
+std::string npy_shape_string(const std::vector<Dim>& shape) {
   std::string s = "(";
   for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + (shape.size() == 1 ? ",)" : ")");
@@ -108,6 +111,9 @@ inline NpyHeader read_npy_header(std::ifstream& in, const std::string& path, con
   const auto end = in.tellg();
   in.seekg(0, std::ios::beg);
   FEDMOE_CHECK(end >= 0 && in.good(), who, ": cannot determine the size of '", path, "'");
+  // std::streamoff is 64-bit everywhere, size_t only 32-bit on 32-bit targets.
+  FEDMOE_CHECK(std::uint64_t(end) <= detail::max_bytes, who, ": '", path, "' holds ", std::uint64_t(end),
+               " bytes, expected at most ", detail::max_bytes_text());
   const auto file_size = static_cast<std::size_t>(end);
 
   unsigned char pre[12] = {};
@@ -180,6 +186,8 @@ inline NpyHeader read_npy_header(std::ifstream& in, const std::string& path, con
   p = npy_skip_space(h, p);
   FEDMOE_CHECK(p < h.size() && h[p] == '(', who, ": '", path, "': expected a shape tuple in: ", h);
   ++p;
+  // The dims as written (64-bit), narrowed to Index only once the whole shape is valid on this target.
+  std::vector<std::uint64_t> shape;
   for (;;) {
     p = npy_skip_space(h, p);
     FEDMOE_CHECK(p < h.size(), who, ": '", path, "': unterminated shape tuple in: ", h);
@@ -190,32 +198,36 @@ inline NpyHeader read_npy_header(std::ifstream& in, const std::string& path, con
       FEDMOE_CHECK(dim < (std::uint64_t(1) << 56), who, ": '", path, "': absurd dimension in: ", h);
       dim = dim * 10 + std::uint64_t(h[p++] - '0');
     }
-    out.shape.push_back(Index(dim));
+    shape.push_back(dim);
     p = npy_skip_space(h, p);
     if (p < h.size() && h[p] == ',') ++p;
   }
-  FEDMOE_CHECK(out.shape.size() <= 32, who, ": '", path, "': expected at most 32 dimensions, got ", out.shape.size());
-  // exact byte count, overflow-safe
-  const std::size_t elem = npy_type_size(out.type);
-  const std::size_t available = file_size - out.data_offset;
+  FEDMOE_CHECK(shape.size() <= 32, who, ": '", path, "': expected at most 32 dimensions, got ", shape.size());
+  // Exact byte count, in 64 bits and overflow-safe (a 32-bit size_t would wrap (2^32 + 1,) to 1 element).
+  const std::uint64_t elem = npy_type_size(out.type);
+  const std::uint64_t available = file_size - out.data_offset;
   std::uint64_t n = 1;
   bool overflow = false;
-  for (Index d : out.shape) {
-    if (d != 0 && n > (std::uint64_t(1) << 62) / elem / std::uint64_t(d)) overflow = true;
-    if (!overflow) n *= std::uint64_t(d);
-  }
-  if (std::find(out.shape.begin(), out.shape.end(), Index(0)) != out.shape.end()) {  // empty: no data at all
+  for (std::uint64_t d : shape) overflow = overflow || !mul_within(n, d, (std::uint64_t(1) << 62) / elem, n);
+  if (std::find(shape.begin(), shape.end(), std::uint64_t(0)) != shape.end()) {  // empty: no data at all
     overflow = false;
     n = 0;
   }
-  FEDMOE_CHECK(!overflow, who, ": '", path, "' has the wrong data length: shape ", npy_shape_string(out.shape),
-               " of ", npy_type_name(out.type), " needs more than 2^62 bytes, the file holds ", available,
-               " (truncated)");
+  FEDMOE_CHECK(!overflow, who, ": '", path, "' has the wrong data length: shape ", npy_shape_string(shape), " of ",
+               npy_type_name(out.type), " needs more than 2^62 bytes, the file holds ", available, " (truncated)");
+  const std::uint64_t expected = n * elem;
+  FEDMOE_CHECK(available == expected, who, ": '", path, "' has the wrong data length: shape ", npy_shape_string(shape),
+               " of ", npy_type_name(out.type), " needs ", expected, " bytes, the file holds ", available,
+               available < expected ? " (truncated)" : " (trailing data)");
+  // The data is in the file, so n x elem fits a size_t; each dim (an empty array's may be anything) and n
+  // must fit an Index too: on a 32-bit target 2^40 would wrap to 0.
+  for (std::size_t d = 0; d < shape.size(); ++d)
+    FEDMOE_CHECK(shape[d] <= max_index, who, ": '", path, "': shape ", npy_shape_string(shape), ": dimension ", d,
+                 " is ", shape[d], ", expected at most ", max_index_text());
+  FEDMOE_CHECK(n <= max_index, who, ": '", path, "': shape ", npy_shape_string(shape), " has ", n,
+               " elements, expected at most ", max_index_text());
+  out.shape.assign(shape.begin(), shape.end());
   out.count = Index(n);
-  const std::size_t expected = std::size_t(n) * elem;
-  FEDMOE_CHECK(available == expected, who, ": '", path, "' has the wrong data length: shape ",
-               npy_shape_string(out.shape), " of ", npy_type_name(out.type), " needs ", expected,
-               " bytes, the file holds ", available, available < expected ? " (truncated)" : " (trailing data)");
   return out;
 }
 
@@ -240,7 +252,8 @@ void read_npy_data(std::ifstream& in, const NpyHeader& h, Out* out, const std::s
   in.seekg(static_cast<std::streamoff>(h.data_offset), std::ios::beg);
   std::vector<unsigned char> buf(std::size_t(1) << 16);
   const Index per = Index(buf.size() / elem);
-  const bool transpose = h.fortran_order && h.shape.size() > 1;
+  // (An empty array has nothing to transpose, and its dims' products could exceed an Index.)
+  const bool transpose = h.fortran_order && h.shape.size() > 1 && h.count > 0;
   std::vector<Out> fortran;
   Out* dst = out;
   if (transpose) {
@@ -361,8 +374,13 @@ Dataset<S> load_npy_dataset(const std::string& inputs_npy, const std::string& la
                ", expected [n, ...] with sample shape ", sample_shape);
   const Index n = xh.shape[0];
   std::vector<Index> trailing(xh.shape.begin() + 1, xh.shape.end());
-  Index features = 1;
-  for (Index d : trailing) features *= d;
+  // In 64 bits: with n = 0 the trailing dims' product is not bounded by the file's size.
+  std::uint64_t features64 = 1;
+  for (Index d : trailing)
+    FEDMOE_CHECK(detail::mul_within(features64, std::uint64_t(d), detail::max_index, features64), who, ": '",
+                 inputs_npy, "' has shape ", detail::npy_shape_string(xh.shape), ": more than ",
+                 detail::max_index_text(), " values per sample");
+  const Index features = Index(features64);
   // Trailing dims must be the sample's, up to size-1 axes; a flat [n, C*H*W] is accepted too.
   std::vector<Index> got_dims, want_dims;
   for (Index d : trailing)
@@ -383,8 +401,15 @@ Dataset<S> load_npy_dataset(const std::string& inputs_npy, const std::string& la
 
   Dataset<S> data{Matrix<S>(features, n), Labels(n), sample_shape, classes};
   // Row-major [n, features] is exactly column-major features x n: one column per sample.
-  detail::read_npy_data<S>(xin, xh, data.inputs.data(), inputs_npy, who);
-  if (xh.type == NpyType::u1) data.inputs /= S(255);
+  if (xh.type == NpyType::u1) {
+    // Read as bytes and scaled by a scalar IEEE division (detail::scale_bytes, as load_idx does): Eigen's
+    // `inputs /= 255` is a reciprocal estimate on ARMv7 NEON, off in the last bits.
+    std::vector<unsigned char> bytes(std::size_t(xh.count));
+    detail::read_npy_data<unsigned char>(xin, xh, bytes.data(), inputs_npy, who);
+    detail::scale_bytes(bytes.data(), bytes.size(), data.inputs.data());
+  } else {
+    detail::read_npy_data<S>(xin, xh, data.inputs.data(), inputs_npy, who);
+  }
   std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
   detail::read_npy_data<std::int64_t>(yin, yh, labels.data(), labels_npy, who);
   for (Index i = 0; i < n; ++i) {

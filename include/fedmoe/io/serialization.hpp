@@ -22,8 +22,10 @@
 /// optimizer file holds "first" [n or 0], "second" [n or 0] and "steps" (int64, dims []).
 ///
 /// Loading reads the whole stream, then checks in order: magic, version, content, scalar type,
-/// the record structure (every length is checked against the bytes that remain *before*
-/// anything is allocated, so a corrupt length is a "truncated" error, never a huge allocation),
+/// the record structure (every length is checked, in 64 bits, against the bytes that remain *before*
+/// anything is allocated, so a corrupt length is a "truncated" error, never a huge allocation; and
+/// every dimension against this target's Index before it is narrowed, so a 32-bit reader refuses
+/// a dimension of 2^40 instead of reading it as 0),
 /// trailing bytes, the CRC, and finally names, shapes, sizes and finiteness. Each failure throws
 /// fedmoe::Error naming the expected and the actual value. Nothing is modified unless the whole
 /// file is valid.
@@ -33,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <concepts>
@@ -44,13 +47,16 @@
 #include <limits>
 #include <sstream>
 #include <ostream>
+#include <span>
 #include <string>
 #include <system_error>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <zlib.h>
 
+#include "../core/checked_size.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../layers/layer.hpp"
@@ -238,9 +244,10 @@ public:
   std::size_t position() const { return m_pos; }
   std::size_t remaining() const { return m_size - m_pos; }
 
-  /// Fails with "truncated" unless n more bytes are available for `what`.
+  /// Fails with "truncated" unless n more bytes are available for `what` (n in 64 bits: a 32-bit size_t
+  /// would wrap a corrupt length to a small one).
   template <class... What>
-  void need(std::size_t n, const What&... what) const {
+  void need(std::uint64_t n, const What&... what) const {
     FEDMOE_CHECK(n <= remaining(), m_who, ": truncated file: expected ", n, " bytes for ", what...,
                  " at byte offset ", m_pos, ", but only ", remaining(), " bytes are available (file size ", m_size,
                  ")");
@@ -280,9 +287,9 @@ inline std::string read_all(std::istream& in, const std::string& who) {
 /// Reads and validates everything that does not depend on the caller's model: magic,
 /// version, content kind, scalar type, record structure, trailing bytes, CRC.
 template <class S>
-SerFile parse_ser_file(std::istream& in, std::uint32_t expected_content, const std::string& who) {
+SerFile parse_ser_file(std::string bytes, std::uint32_t expected_content, const std::string& who) {
   SerFile file;
-  file.bytes = read_all(in, who);
+  file.bytes = std::move(bytes);
   SerReader r(file.bytes, who);
 
   r.need(sizeof(ser_magic), "the 8-byte magic");
@@ -337,31 +344,38 @@ SerFile parse_ser_file(std::istream& in, std::uint32_t expected_content, const s
     FEDMOE_CHECK(ndims <= ser_max_dims, who, ": record ", i, " '", rec.name, "': expected at most ", ser_max_dims,
                  " dimensions, got ", ndims);
     const std::size_t elem = ser_dtype_size(rec.dtype);
+    // Dims as stored (int64), checked as such: narrowed to Index only once the whole record is valid.
+    std::vector<std::int64_t> dims;
     for (std::uint32_t d = 0; d < ndims; ++d) {
       const auto dim = r.value<std::int64_t>("dimension ", d, " of record ", i, " '", rec.name, "'");
       FEDMOE_CHECK(dim >= 0, who, ": record ", i, " '", rec.name, "': expected dimension ", d, " >= 0, got ", dim);
-      rec.dims.push_back(Index(dim));
+      dims.push_back(dim);
     }
-    // Element count, overflow-safe: any product beyond the bytes that remain is a truncation.
+    // Element count in 64 bits, overflow-safe: any product beyond the bytes that remain is a truncation.
     std::uint64_t n = 1;
     bool overflow = false;
-    for (Index dim : rec.dims) {
-      if (dim != 0 && n > (std::uint64_t(1) << 62) / elem / std::uint64_t(dim)) overflow = true;
-      if (!overflow) n *= std::uint64_t(dim);
-    }
-    if (std::find(rec.dims.begin(), rec.dims.end(), Index(0)) != rec.dims.end()) {  // empty: no data at all
+    for (std::int64_t dim : dims) overflow = overflow || !mul_within(n, std::uint64_t(dim), (std::uint64_t(1) << 62) / elem, n);
+    if (std::find(dims.begin(), dims.end(), std::int64_t(0)) != dims.end()) {  // empty: no data at all
       overflow = false;
       n = 0;
     }
     FEDMOE_CHECK(!overflow, who, ": truncated file: expected more than 2^62 bytes for the data of record ", i, " '",
-                 rec.name, "' ", dims_string(rec.dims), " (", ser_dtype_name(rec.dtype), ") at byte offset ",
+                 rec.name, "' ", dims_string(dims), " (", ser_dtype_name(rec.dtype), ") at byte offset ",
                  r.position(), ", but only ", r.remaining(), " bytes are available (file size ", file.bytes.size(),
                  ")");
+    r.need(n * elem, "the data of record ", i, " '", rec.name, "' ", dims_string(dims), " (", n, " x ",
+           ser_dtype_name(rec.dtype), ")");
+    // The data is in memory, so n x elem fits a size_t; each dim (an empty record's may be anything) and
+    // n must fit an Index before they are narrowed.
+    for (std::size_t d = 0; d < dims.size(); ++d)
+      FEDMOE_CHECK(std::uint64_t(dims[d]) <= max_index, who, ": record ", i, " '", rec.name, "' ", dims_string(dims),
+                   ": dimension ", d, " is ", dims[d], ", expected at most ", max_index_text());
+    FEDMOE_CHECK(n <= max_index, who, ": record ", i, " '", rec.name, "' ", dims_string(dims), " has ", n,
+                 " elements, expected at most ", max_index_text());
+    rec.dims.assign(dims.begin(), dims.end());
     rec.count = Index(n);
-    r.need(static_cast<std::size_t>(n) * elem, "the data of record ", i, " '", rec.name, "' ",
-           dims_string(rec.dims), " (", n, " x ", ser_dtype_name(rec.dtype), ")");
     rec.offset = r.position();
-    r.take(static_cast<std::size_t>(n) * elem);
+    r.take(static_cast<std::size_t>(n * elem));
     file.records.push_back(std::move(rec));
   }
 
@@ -372,12 +386,19 @@ SerFile parse_ser_file(std::istream& in, std::uint32_t expected_content, const s
   const auto computed = std::uint32_t(
       ::crc32_z(::crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(file.bytes.data()), payload));
   if (stored_crc != computed) {
-    std::ostringstream msg;
-    msg << who << ": checksum mismatch (corrupt file): expected CRC-32 0x" << std::hex << stored_crc
-        << " (stored), computed 0x" << computed;
-    FEDMOE_FAIL(msg.str());
+    const auto hex = [](std::uint32_t v) {
+      char buf[12];
+      return std::string(buf, std::to_chars(buf, buf + sizeof buf, v, 16).ptr);
+    };
+    FEDMOE_FAIL(who, ": checksum mismatch (corrupt file): expected CRC-32 0x", hex(stored_crc), " (stored), computed 0x",
+                hex(computed));
   }
   return file;
+}
+/// The same from a stream, read to its end.
+template <class S>
+SerFile parse_ser_file(std::istream& in, std::uint32_t expected_content, const std::string& who) {
+  return parse_ser_file<S>(read_all(in, who), expected_content, who);
 }
 
 /// Fails unless every element of v is finite; names the tensor and the index.
@@ -426,10 +447,11 @@ void write_parameters(std::ostream& out, const Vector<S>& params, const std::vec
 }
 
 /// Parameters from a file; with `expected` tensors, names and dims must match them one by one.
-template <class S>
-Vector<S> read_parameters(std::istream& in, Index expected_size, const std::vector<TensorInfo>* expected,
+/// `in`: a std::istream, or the file's bytes as a std::string.
+template <class S, class Source>
+Vector<S> read_parameters(Source&& in, Index expected_size, const std::vector<TensorInfo>* expected,
                           const std::string& who) {
-  const SerFile file = parse_ser_file<S>(in, ser_content_parameters, who);
+  const SerFile file = parse_ser_file<S>(std::forward<Source>(in), ser_content_parameters, who);
   for (std::size_t i = 0; i < file.records.size(); ++i)
     FEDMOE_CHECK(file.records[i].dtype == ser_scalar_code<S>(), who, ": record ", i, " '", file.records[i].name,
                  "': expected ", ser_dtype_name(ser_scalar_code<S>()), " data, got ",
@@ -452,10 +474,10 @@ Vector<S> read_parameters(std::istream& in, Index expected_size, const std::vect
                   file.records.size(), "; first extra tensor ", common, " '", file.records[common].name, "' ",
                   dims_string(file.records[common].dims));
   }
-  Index total = 0;
-  for (const SerRecord& r : file.records) total += r.count;
-  FEDMOE_CHECK(total == expected_size, who, ": wrong size: expected ", expected_size, " parameters, the file has ",
-               total);
+  std::uint64_t total = 0;  // in 64 bits: many records of an Index each could overflow an Index
+  for (const SerRecord& r : file.records) total += std::uint64_t(r.count);
+  FEDMOE_CHECK(expected_size >= 0 && total == std::uint64_t(expected_size), who, ": wrong size: expected ",
+               expected_size, " parameters, the file has ", total);
   Vector<S> params(expected_size);
   Index at = 0;
   for (const SerRecord& r : file.records) {
@@ -623,6 +645,15 @@ void load_model(std::istream& in, M& model) {
   using S = typename M::scalar_type;
   const auto tensors = detail::model_tensors(model);
   model.parameters() = detail::read_parameters<S>(in, model.num_params(), &tensors, "load_model");
+}
+/// The same from the file's bytes in memory (no iostreams: what an embedded program reads with fread;
+/// examples/embedded_inference.cpp).
+template <Model M>
+void load_model(std::span<const unsigned char> bytes, M& model) {
+  using S = typename M::scalar_type;
+  const auto tensors = detail::model_tensors(model);
+  model.parameters() = detail::read_parameters<S>(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
+                                                  model.num_params(), &tensors, "load_model");
 }
 template <Model M>
 void load_model(const std::string& path, M& model) {

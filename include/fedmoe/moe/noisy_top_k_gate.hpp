@@ -93,8 +93,11 @@ public:
 
   /// Largest k + 1 the fused selection keeps (k <= 31).
   static constexpr Index max_selection = 32;
-  /// Most experts: the selection carries expert ids as Scalar lanes, exact up to 2^digits.
-  static constexpr Index max_experts = Index(1) << std::numeric_limits<Scalar>::digits;
+  /// Most experts: the selection carries expert ids as Scalar lanes, exact up to 2^digits (2^24 for float,
+  /// 2^53 for double), and no more than an Index holds (a 32-bit Index cannot shift 1 by 53).
+  static constexpr Index max_experts = std::numeric_limits<Scalar>::digits < std::numeric_limits<Index>::digits
+                                           ? Index(1) << std::numeric_limits<Scalar>::digits
+                                           : std::numeric_limits<Index>::max();
 
   Index k() const { return this->slots(); }
   /// W_g, b_g like nn.Linear; W_n, b_n zero (noise scale softplus(0) = log 2 at the start).

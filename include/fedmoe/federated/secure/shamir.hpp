@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "../../core/error.hpp"
-#include "../../core/rng.hpp"  // detail::uint128
+#include "../../core/rng.hpp"  // detail::mul_64x64_128
 
 namespace fedmoe::shamir {
 
@@ -69,9 +69,9 @@ inline std::uint64_t add(std::uint64_t a, std::uint64_t b) {
 }
 inline std::uint64_t sub(std::uint64_t a, std::uint64_t b) { return a >= b ? a - b : a + prime - b; }
 inline std::uint64_t mul(std::uint64_t a, std::uint64_t b) {
-  const fedmoe::detail::uint128 z = fedmoe::detail::uint128(a) * b;  // < 2^122
-  // 2^61 = 1 (mod p): fold the high bits onto the low ones, twice.
-  std::uint64_t r = (std::uint64_t(z) & prime) + std::uint64_t(z >> 61);  // < 2^62
+  const fedmoe::detail::U128 z = fedmoe::detail::mul_64x64_128(a, b);  // < 2^122 (every target, core/rng.hpp)
+  // 2^61 = 1 (mod p): fold the high bits onto the low ones, twice. z >> 61 = high << 3 | low >> 61.
+  std::uint64_t r = (z.low & prime) + ((z.high << 3) | (z.low >> 61));  // < 2^62
   r = (r & prime) + (r >> 61);                                            // <= p + 1
   return r >= prime ? r - prime : r;
 }
