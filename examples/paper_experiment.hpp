@@ -49,6 +49,7 @@
 #include <fedmoe/federated/server_optimizer.hpp>
 #include <fedmoe/federated/personalize.hpp>
 #include <fedmoe/federated/personalization/personalization.hpp>
+#include <fedmoe/io/cifar.hpp>
 #include <fedmoe/io/idx.hpp>
 #include <fedmoe/io/npy.hpp>
 #include <fedmoe/models/paper.hpp>
@@ -75,9 +76,13 @@ struct InProcessRuntime {
 };
 
 
+/// --data's default: where Debian's dataset-fashion-mnist package installs Fashion-MNIST.
+inline const std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+
 struct Options {
-  std::string data = "/usr/share/datasets/fashion-mnist";
-  std::string dataset = "fashion-mnist";  // fashion-mnist | idx | npy
+  std::string data = fashion_mnist_dir;
+  std::string dataset = "fashion-mnist";  // fashion-mnist | idx | npy | cifar10 | cifar100
+  std::string cifar100_labels = "fine";   // fine | coarse (--dataset cifar100)
   std::string model = "cnn";              // cnn | mlp
   Index clients = 20;
   Index n_train = 100, n_val = 200, n_test = 200;  // n_val 0: no validation, no early stopping
@@ -283,10 +288,21 @@ void for_each_flag(O& o, F&& flag) {
       up_to_clients{0, max_clients};
   const Integer<int> at_least_one{1, max_count}, any_count{0, max_count};
   const Real fraction{0, 1}, below_one{0, 0.99};
-  flag("--data", o.data, Text{}, "data directory (IDX .gz files, or train_x/train_y/test_x/test_y .npy)");
-  flag("--dataset", o.dataset, Choice{{"fashion-mnist", "idx", "npy"}},
-       "fashion-mnist | idx (any MNIST-format IDX set of 28 x 28 images) | npy");
-  flag("--model", o.model, Choice{{"cnn", "mlp"}}, "cnn | mlp (both take 1 x 28 x 28 images)");
+  flag("--data", o.data, Text{},
+       "data directory: the IDX .gz files (default " + fashion_mnist_dir + ", Debian's dataset-fashion-mnist), "
+       "train_x/train_y/test_x/test_y .npy (--dataset npy), or the extracted CIFAR binary version (--dataset "
+       "cifar10 | cifar100, where --data is required: cifar-10-batches-bin or cifar-100-binary, or the directory "
+       "holding it; get it from https://www.cs.toronto.edu/~kriz/cifar.html)");
+  flag("--dataset", o.dataset, Choice{{"fashion-mnist", "idx", "npy", "cifar10", "cifar100"}},
+       "fashion-mnist | idx (any MNIST-format IDX set of 28 x 28 images) | npy (1 x 28 x 28 samples, 10 classes) | "
+       "cifar10 (3 x 32 x 32, 10 classes) | cifar100 (3 x 32 x 32, 100 fine or 20 coarse classes)");
+  flag("--cifar100-labels", o.cifar100_labels, Choice{{"fine", "coarse"}},
+       "--dataset cifar100's labels: fine (100 classes) | coarse (20 superclasses). coarse with another "
+       "--dataset is refused (those files have no coarse labels)");
+  flag("--model", o.model, Choice{{"cnn", "mlp"}},
+       "cnn | mlp. cnn: the paper's Fashion-MNIST CNN for 1 x 28 x 28 images, its CIFAR CNN for 3 x 32 x 32 "
+       "ones (chosen by the data's sample shape; any other shape is refused); mlp: in -> 200 -> classes, built for "
+       "either shape. The classes are the dataset's");
   flag("--clients", o.clients, clients, "number of clients (at most 2^20)");
   flag("--train-per-client", o.n_train, samples, "training samples per client");
   flag("--val-per-client", o.n_val, some_samples,
@@ -321,7 +337,8 @@ void for_each_flag(O& o, F&& flag) {
        "mixture's specialist expert starts from: finetuned | scratch");
   flag("--global-test", o.global_test, some_samples,
        "evaluate on a fixed seeded subset of N global test images (0: the full test split; at most its size)");
-  flag("--dropout", o.dropout, Real{0, 0.95}, "dropout probability of the models");
+  flag("--dropout", o.dropout, Real{0, 0.95},
+       "dropout probability of the models (the Fashion CNN's and the MLP's; the paper's CIFAR CNN has none)");
   flag("--seed", o.seed, Integer<std::uint64_t>{0, std::numeric_limits<std::uint64_t>::max()},
        "seed of every random choice: a decimal integer in [0, 2^64 - 1]");
   flag("--threads", o.threads, Integer<std::size_t>{1, max_threads},
@@ -386,6 +403,14 @@ void for_each_flag(O& o, F&& flag) {
        "declines, never clamped)");
 }
 
+inline bool is_cifar(const Options& o) { return o.dataset == "cifar10" || o.dataset == "cifar100"; }
+inline const char* cifar_tarball(const Options& o) {
+  return o.dataset == "cifar100" ? "cifar-100-binary.tar.gz" : "cifar-10-binary.tar.gz";
+}
+inline const char* cifar_subdir(const Options& o) {
+  return o.dataset == "cifar100" ? "cifar-100-binary" : "cifar-10-batches-bin";
+}
+
 /// "png" or "svg", from --plot's extension (any case); any other name is refused before any work (it
 /// used to get PNG data under whatever name was given).
 inline std::string plot_format(const std::string& path, const char* flag = "--plot") {
@@ -404,6 +429,13 @@ inline void validate_options(const Options& o) {
   });
   if (!o.plot.empty()) (void)plot_format(o.plot);
   if (!o.gate_plot.empty()) (void)plot_format(o.gate_plot, "--gate-plot");
+  if (is_cifar(o))
+    FEDMOE_CHECK(o.data != fashion_mnist_dir, "fedmoe-paper: --dataset ", o.dataset, " needs --data DIR, the ",
+                 "extracted ", cifar_tarball(o), " (its ", cifar_subdir(o), " directory, or the one holding it): CIFAR is ",
+                 "not packaged for Debian; download the binary version from https://www.cs.toronto.edu/~kriz/cifar.html");
+  FEDMOE_CHECK(o.cifar100_labels == "fine" || o.dataset == "cifar100", "fedmoe-paper: --cifar100-labels ",
+               o.cifar100_labels, " needs --dataset cifar100 (the only data with coarse labels), got --dataset ",
+               o.dataset);
   (void)make_server_optimizer<float>(server_spec(o));  // rejects impossible hyperparameters
   (void)make_aggregator(aggregator_spec(o));
   attack_config(o).validate();
@@ -842,7 +874,7 @@ inline void print_table(const std::vector<Row>& rows, std::ostream& out) {
 /// Every flag, as given (after --full), under the flag's own name with '-' as '_'.
 inline nlohmann::json config_json(const Options& o) {
   using nlohmann::json;
-  return json{{"data", o.data}, {"dataset", o.dataset}, {"model", o.model}, {"clients", o.clients},
+  return json{{"data", o.data}, {"dataset", o.dataset}, {"cifar100_labels", o.cifar100_labels}, {"model", o.model}, {"clients", o.clients},
               {"n_train", o.n_train}, {"n_val", o.n_val}, {"n_test", o.n_test}, {"partition", o.partition},
               {"alpha", o.alpha}, {"p", o.p}, {"opt_out", o.opt_out}, {"clients_per_round", o.clients_per_round},
               {"client_fraction", o.client_fraction}, {"rounds", o.rounds}, {"check_every", o.check_every},
@@ -948,10 +980,11 @@ inline nlohmann::json row_json(const Row& r) {
   return j;
 }
 
-/// The --json document.
+/// The --json document. `run_info` (run's data_json: "data" and "model") is copied in at the top level.
 template <class Runtime>
 std::string json_text(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
-                      const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+                      const std::vector<Setting>& settings, double total_seconds, long peak_kib,
+                      const nlohmann::json& run_info = nlohmann::json::object()) {
   using nlohmann::json;
   json results = json::array(), groups = json::array(), federation = json::array();
   for (const auto& r : rows) (r.group == "all" ? results : groups).push_back(row_json(r));
@@ -960,6 +993,7 @@ std::string json_text(const Runtime& runtime, const Options& o, const std::vecto
   runtime.json_timing(timing);
   json doc{{"config", config_json(o)}, {"results", results}, {"groups", groups},
            {"federation", federation}, {"timing", timing}};
+  for (const auto& [key, value] : run_info.items()) doc[key] = value;
   if (wants_personalisation(o))
     doc["personalisation"] = json{{"model_selection", personalisation_selection(o)}, {"max_epochs", o.max_epochs}};
   return doc.dump(2) + "\n";
@@ -1098,7 +1132,8 @@ inline void write_plot(const std::string& script, const OutputFile& out) {
 /// fedmoe::Error naming every failure.
 template <class Runtime>
 void write_outputs(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
-                   const std::vector<Setting>& settings, double total_seconds, long peak_kib) {
+                   const std::vector<Setting>& settings, double total_seconds, long peak_kib,
+                   const nlohmann::json& run_info = nlohmann::json::object()) {
   std::string failures;
   const auto attempt = [&](auto&& write) {
     try {
@@ -1109,7 +1144,7 @@ void write_outputs(const Runtime& runtime, const Options& o, const std::vector<R
   };
   if (!o.json.empty())
     attempt([&] {
-      OutputFile("--json", o.json).write(json_text(runtime, o, rows, settings, total_seconds, peak_kib));
+      OutputFile("--json", o.json).write(json_text(runtime, o, rows, settings, total_seconds, peak_kib, run_info));
     });
   if (!o.csv.empty()) attempt([&] { OutputFile("--csv", o.csv).write(csv_text(rows)); });
   if (!o.plot.empty())
@@ -1121,20 +1156,67 @@ void write_outputs(const Runtime& runtime, const Options& o, const std::vector<R
   FEDMOE_CHECK(failures.empty(), failures);
 }
 
-template <class Runtime, class M, class G>
-int run(const Runtime& runtime, const Options& o, M model, G gate) {
-  const bool root = runtime.is_root();
-  const auto start = Clock::now();
+/// The training and test splits of a run, as loaded (pixels in [0, 1]).
+struct ExperimentData {
   Dataset<float> train, test;
+};
+
+/// The sample shapes the paper's models are built for: the Fashion-MNIST CNN's and the CIFAR CNN's.
+inline constexpr Shape fashion_shape{1, 28, 28};
+inline constexpr Shape cifar_shape{3, 32, 32};
+
+/// --dataset's splits from --data: .npy files hold 1 x 28 x 28 samples of 10 classes (the shape the loader
+/// checks them against), CIFAR-10 10 classes, CIFAR-100 100 fine or 20 coarse ones.
+inline ExperimentData load_data(const Options& o) {
   if (o.dataset == "npy") {
     const std::string d = o.data + "/";
-    const Shape shape = model.input_shape();
-    train = load_npy_dataset<float>(d + "train_x.npy", d + "train_y.npy", shape, 10);
-    test = load_npy_dataset<float>(d + "test_x.npy", d + "test_y.npy", shape, 10);
-  } else {
-    train = load_fashion_mnist<float>(o.data, true);
-    test = load_fashion_mnist<float>(o.data, false);
+    return {load_npy_dataset<float>(d + "train_x.npy", d + "train_y.npy", fashion_shape, 10),
+            load_npy_dataset<float>(d + "test_x.npy", d + "test_y.npy", fashion_shape, 10)};
   }
+  if (o.dataset == "cifar10") return {load_cifar10<float>(o.data, true), load_cifar10<float>(o.data, false)};
+  if (o.dataset == "cifar100") {
+    const Cifar100Labels labels = o.cifar100_labels == "coarse" ? Cifar100Labels::coarse : Cifar100Labels::fine;
+    return {load_cifar100<float>(o.data, true, labels), load_cifar100<float>(o.data, false, labels)};
+  }
+  return {load_fashion_mnist<float>(o.data, true), load_fashion_mnist<float>(o.data, false)};
+}
+
+/// The data's sample shape is one --model is built for: 1 x 28 x 28 or 3 x 32 x 32 (checked on the training
+/// split, which picks the model; check_against_data then holds the test split to the model).
+inline void check_model_shape(const Options& o, const Dataset<float>& train) {
+  const bool cnn = o.model == "cnn";
+  FEDMOE_CHECK(train.shape == fashion_shape || train.shape == cifar_shape, "fedmoe-paper: --model ", o.model,
+               " takes samples of shape ", fashion_shape, cnn ? " (the Fashion-MNIST CNN)" : "", " or ", cifar_shape,
+               cnn ? " (the CIFAR CNN)" : "", ", the data in '", o.data, "' (--dataset ", o.dataset,
+               ") has training samples of shape ", train.shape,
+               (train.shape.size() == fashion_shape.size() || train.shape.size() == cifar_shape.size()
+                    ? " (the same number of values, in another shape)"
+                    : ""));
+}
+
+/// The JSON's "data" (what was loaded) and "model" (what --model built for it: the classifier and the gate).
+template <class M, class G>
+nlohmann::json data_json(const Options& o, const M& model, const G& gate, const Dataset<float>& train,
+                         const Dataset<float>& test) {
+  using nlohmann::json;
+  const Shape in = model.input_shape();
+  const char* name = o.model == "mlp" ? "mlp" : in == cifar_shape ? "cifar_cnn" : "fashion_cnn";
+  return json{{"data", {{"train_samples", train.size()},
+                        {"test_samples", test.size()},
+                        {"sample_shape", {train.shape.channels, train.shape.height, train.shape.width}},
+                        {"classes", train.classes}}},
+              {"model", {{"name", name},
+                         {"input_shape", {in.channels, in.height, in.width}},
+                         {"classes", model.output_shape().size()},
+                         {"parameters", model.parameters().size()},
+                         {"gate_parameters", gate.parameters().size()}}}};
+}
+
+template <class Runtime, class M, class G>
+int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentData data, Clock::time_point start) {
+  const bool root = runtime.is_root();
+  Dataset<float>& train = data.train;
+  Dataset<float>& test = data.test;
   check_against_data(o, model.input_shape(), train, test);  // every setting's, before the first runs
   // Normalise as torchvision's Normalize((0.5,), (0.5,)) in the reference code: [0,1] -> [-1,1].
   train.inputs.array() = train.inputs.array() * 2.0f - 1.0f;
@@ -1149,7 +1231,9 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
     std::sort(global_test.begin(), global_test.end());
   }
 
-  if (root) std::cerr << "fedmoe-paper: " << o.clients << " clients, " << o.model << ", p in {";
+  if (root)
+    std::cerr << "fedmoe-paper: " << o.dataset << " (" << train.size() << " training samples of shape " << train.shape
+              << ", " << train.classes << " classes), " << o.clients << " clients, " << o.model << ", p in {";
   if (root) for (double p : o.p) std::cerr << p << (p == o.p.back() ? "" : ",");
   if (root) std::cerr << "}, opt-out in {";
   if (root) for (double x : o.opt_out) std::cerr << x << (x == o.opt_out.back() ? "" : ",");
@@ -1194,7 +1278,7 @@ int run(const Runtime& runtime, const Options& o, M model, G gate) {
   std::cout << "\nexpert init: " << o.expert_init << "; wall time " << std::fixed << std::setprecision(1) << total
             << " s; peak memory " << double(ru.ru_maxrss) / 1024 << " MiB\n";
   std::cout.flush();
-  write_outputs(runtime, o, rows, settings, total, ru.ru_maxrss);
+  write_outputs(runtime, o, rows, settings, total, ru.ru_maxrss, data_json(o, model, gate, train, test));
   FEDMOE_CHECK(std::cout.good(), "fedmoe-paper: writing the results table to standard output failed");
   return 0;
 }
@@ -1242,17 +1326,31 @@ int run_experiment(const Runtime& runtime, const Options& o) {
   validate_options(o);
   if (runtime.is_root()) check_outputs(o);  // the outputs can be created and gnuplot runs, before any work
   if (o.dataset != "npy" && !std::filesystem::exists(o.data)) {
-    if (runtime.is_root())
+    if (runtime.is_root() && is_cifar(o))
+      std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. CIFAR is not packaged for Debian: "
+                << "download the binary version (" << cifar_tarball(o) << ") from "
+                << "https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass --data DIR (its "
+                << cifar_subdir(o) << " directory, or the one holding it).\n";
+    else if (runtime.is_root())
       std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. Fashion-MNIST ships as the Debian "
                 << "package dataset-fashion-mnist: apt-get install dataset-fashion-mnist (installs "
-                << "/usr/share/datasets/fashion-mnist), or pass --data DIR.\n";
+                << fashion_mnist_dir << "), or pass --data DIR.\n";
     return 2;
   }
-  if (o.model == "cnn") return run(runtime, o, fashion_cnn<float>(10, o.dropout), fashion_cnn_gate<float>(o.dropout));
-  // The MLP is built for the images' shape (its first Dense layer flattens them): a model's input shape
-  // must be the data's, not only its size.
-  const Shape image{1, 28, 28};
-  return run(runtime, o, mlp<float>(image, 10, 200, o.dropout), mlp_gate<float>(image, 200, o.dropout));
+  const auto start = Clock::now();
+  ExperimentData data = load_data(o);
+  check_model_shape(o, data.train);
+  // The model is the one built for the data's sample shape, with the dataset's classes: a model's input
+  // shape must be the data's, not only its size (the MLP's first Dense layer flattens the images).
+  const Shape shape = data.train.shape;
+  const Index classes = data.train.classes;
+  if (o.model == "cnn" && shape == cifar_shape)
+    return run(runtime, o, cifar_cnn<float>(classes), cifar_cnn_gate<float>(), std::move(data), start);
+  if (o.model == "cnn")
+    return run(runtime, o, fashion_cnn<float>(classes, o.dropout), fashion_cnn_gate<float>(o.dropout),
+               std::move(data), start);
+  return run(runtime, o, mlp<float>(shape, classes, 200, o.dropout), mlp_gate<float>(shape, 200, o.dropout),
+             std::move(data), start);
 }
 
 }  // namespace fedmoe_paper

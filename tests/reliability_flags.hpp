@@ -1,8 +1,8 @@
 #pragma once
 // Helpers of the fedmoe-paper reliability tests (test_reliability_flags*.cpp, issue 16). The tests are
 // split over three files so that the compiler builds them in parallel: only
-// test_reliability_flags_outputs.cpp instantiates run_experiment (the whole experiment, both models,
-// every aggregator), the heaviest part of the build under the sanitizers.
+// test_reliability_flags_outputs.cpp instantiates run_experiment (the whole experiment, every model,
+// every aggregator), the heaviest part of the build under the sanitizers; the CIFAR runs are there too.
 #include <catch2/catch.hpp>
 
 #include <sys/stat.h>

@@ -10,6 +10,7 @@
 // - Item 8: --val-per-client 0 runs without early stopping and the JSON says so (no best_round 0).
 // This file: items 6 and 5; items 4, 7 and 8 are in test_reliability_flags_outputs.cpp and
 // test_reliability_flags_plot.cpp (helpers: reliability_flags.hpp).
+// Also here: issue 17's CIFAR flags and model choice (its runs are in test_reliability_flags_outputs.cpp).
 #include "reliability_flags.hpp"
 
 using namespace reliability_test;
@@ -169,3 +170,67 @@ TEST_CASE("fedmoe-paper refuses data whose samples have another shape than the m
   CHECK_NOTHROW(check_against_data(o, Shape{1, 28, 28}, right, right));
 }
 
+
+// ---- issue 17: CIFAR-10 and CIFAR-100 (the runs: test_reliability_flags_outputs.cpp) ----
+
+TEST_CASE("fedmoe-paper's CIFAR flags are checked before any work", "[reliability][paper][cifar]") {
+  Options o;
+  REQUIRE(parse_error({"--dataset", "cifar100", "--cifar100-labels", "coarse", "--data", "/d"}, &o).empty());
+  CHECK(o.dataset == "cifar100");
+  CHECK(o.cifar100_labels == "coarse");
+  CHECK_NOTHROW(validate_options(o));
+  CHECK_THAT(parse_error({"--dataset", "cifar1000"}), Contains("--dataset: cifar1000 not in {"));
+  CHECK_THAT(parse_error({"--cifar100-labels", "superclass"}), Contains("--cifar100-labels: superclass not in {"));
+  // Coarse labels exist only in CIFAR-100's files; fine (the default) is harmless anywhere.
+  o.dataset = "cifar10";
+  CHECK_THROWS_WITH(validate_options(o), Contains("fedmoe-paper: --cifar100-labels coarse needs --dataset cifar100 "
+                                                  "(the only data with coarse labels), got --dataset cifar10"));
+  o.cifar100_labels = "fine";
+  CHECK_NOTHROW(validate_options(o));
+  // CIFAR has no default directory: without --data the run stops before loading anything.
+  for (const char* dataset : {"cifar10", "cifar100"}) {
+    Options d;
+    d.dataset = dataset;
+    INFO(dataset);
+    CHECK_THROWS_WITH(validate_options(d), Contains(std::string("fedmoe-paper: --dataset ") + dataset +
+                                                    " needs --data DIR") &&
+                                               Contains("https://www.cs.toronto.edu/~kriz/cifar.html"));
+  }
+  // The JSON's config echoes the dataset and the label set.
+  o.cifar100_labels = "coarse";
+  o.dataset = "cifar100";
+  const nlohmann::json c = config_json(o);
+  CHECK(c["dataset"] == "cifar100");
+  CHECK(c["cifar100_labels"] == "coarse");
+  CHECK(c["data"] == "/d");
+}
+
+TEST_CASE("the model flag takes the Fashion-MNIST and the CIFAR sample shapes and refuses any other",
+          "[reliability][paper][cifar]") {
+  Options o;
+  o.data = "/data";
+  o.dataset = "idx";
+  CHECK_NOTHROW(check_model_shape(o, blank(Shape{1, 28, 28}, 1)));
+  CHECK_NOTHROW(check_model_shape(o, blank(Shape{3, 32, 32}, 1)));
+  CHECK_THROWS_WITH(check_model_shape(o, blank(Shape{1, 14, 56}, 1)),
+                    Contains("fedmoe-paper: --model cnn takes samples of shape [1x28x28] (the Fashion-MNIST CNN) or "
+                             "[3x32x32] (the CIFAR CNN), the data in '/data' (--dataset idx) has training samples of "
+                             "shape [1x14x56] (the same number of values, in another shape)"));
+  CHECK_THROWS_WITH(check_model_shape(o, blank(Shape{1, 32, 32}, 1)),
+                    Contains("has training samples of shape [1x32x32]") && !Contains("the same number of values"));
+  o.model = "mlp";
+  CHECK_THROWS_WITH(check_model_shape(o, blank(Shape{3, 28, 28}, 1)),
+                    Contains("--model mlp takes samples of shape [1x28x28] or [3x32x32]") &&
+                        Contains("has training samples of shape [3x28x28]"));
+  // The test split is held to the model the training split chose.
+  o.model = "cnn";
+  o.clients = 2;
+  o.n_train = 2;
+  o.n_val = 1;
+  o.n_test = 2;
+  o.global_test = 0;
+  CHECK_THROWS_WITH(check_against_data(o, cifar_cnn<float>().input_shape(), blank(Shape{3, 32, 32}, 10),
+                                       blank(Shape{1, 28, 28}, 10)),
+                    Contains("--model cnn takes samples of shape [3x32x32]") &&
+                        Contains("test samples of shape [1x28x28]"));
+}

@@ -1,6 +1,7 @@
 // Issue 16, section 1, item 4 in fedmoe-paper (examples/paper_experiment.hpp): outputs are checked before
 // any work, every write is checked (a full disk is an error), and no half-written file is ever left under
 // the final name. The other items: test_reliability_flags.cpp.
+#include "cifar_files.hpp"
 #include "reliability_flags.hpp"
 
 using namespace reliability_test;
@@ -71,3 +72,133 @@ TEST_CASE("outputs are written atomically and a failed write is an error", "[rel
   }
 }
 
+
+// ---- issue 17: fedmoe-paper on CIFAR-10 and CIFAR-100 (files in the official format, cifar_files.hpp) ----
+// Here because this file already instantiates run_experiment: another file calling it would compile the
+// whole experiment a second time. The flag checks are in test_reliability_flags.cpp.
+
+namespace {
+
+/// A short federation of 6 clients (3 per round, 2 rounds) on `data`: small enough for the sanitizers.
+Options short_cifar_run(const std::string& dataset, const fs::path& data, const fs::path& json) {
+  Options o;
+  o.dataset = dataset;
+  o.data = data.string();
+  o.clients = 6;
+  o.clients_per_round = 3;
+  o.n_train = 10;
+  o.n_val = 4;
+  o.n_test = 10;
+  o.p = {0.5};
+  o.opt_out = {0};
+  o.rounds = 2;
+  o.check_every = 1;
+  o.max_epochs = 2;
+  o.epoch_check = 1;
+  o.global_test = 20;
+  o.threads = 1;
+  o.methods = {"global"};
+  o.json = json.string();
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("fedmoe-paper runs a short federation on CIFAR-10 and CIFAR-100 files and writes its JSON",
+          "[reliability][paper][cifar]") {
+  TempDir dir;
+  SECTION("CIFAR-10, the CIFAR CNN and its gate") {
+    cifar_test::write_cifar10_dir(dir.path / "cifar-10-batches-bin", 40, 100);  // 20 training images per class
+    Options o = short_cifar_run("cifar10", dir.path, dir.path / "r.json");  // the tarball's parent directory
+    o.methods = {"global", "mixture"};
+    REQUIRE(run_experiment(InProcessRuntime{}, o) == 0);
+    const nlohmann::json j = nlohmann::json::parse(read(dir.path / "r.json"));
+    CHECK(j["config"]["dataset"] == "cifar10");
+    CHECK(j["config"]["model"] == "cnn");
+    CHECK(j["config"]["data"] == dir.path.string());
+    // The CIFAR CNN and gate of the paper (PAPER.md's parameter counts), for the data's shape.
+    CHECK(j["data"] == nlohmann::json{{"train_samples", 200}, {"test_samples", 100}, {"sample_shape", {3, 32, 32}},
+                                      {"classes", 10}});
+    CHECK(j["model"]["name"] == "cifar_cnn");
+    CHECK(j["model"]["input_shape"] == nlohmann::json::array({3, 32, 32}));
+    CHECK(j["model"]["parameters"] == 62006);
+    CHECK(j["model"]["gate_parameters"] == 61241);
+    REQUIRE(j["results"].size() == 2);  // global and mixture at p 0.5
+    CHECK(j["results"][1]["method"] == "mixture");
+    CHECK(j["results"][1]["clients"] == 6);
+    REQUIRE(j["federation"].size() == 1);
+    CHECK(j["federation"][0]["rounds"] == 2);
+    CHECK(j["federation"][0]["per_round"]["used"] == nlohmann::json::array({3, 3}));
+  }
+  SECTION("CIFAR-100: the model has the dataset's classes (100 fine, or 20 coarse)") {
+    cifar_test::write_cifar100_dir(dir.path, 1000, 500);  // 10 training, 5 test images per fine class
+    for (const char* labels : {"fine", "coarse"}) {
+      INFO(labels);
+      Options o = short_cifar_run("cifar100", dir.path, dir.path / "r.json");
+      o.cifar100_labels = labels;
+      o.p = {1.0};  // majority classes only: labels of 100 (or 20) classes all reach the model
+      REQUIRE(run_experiment(InProcessRuntime{}, o) == 0);
+      const nlohmann::json j = nlohmann::json::parse(read(dir.path / "r.json"));
+      CHECK(j["config"]["dataset"] == "cifar100");
+      CHECK(j["config"]["cifar100_labels"] == labels);
+      // The classifier has the dataset's classes: 84 x C + C parameters in its last layer.
+      const int classes = std::string(labels) == "fine" ? 100 : 20;
+      CHECK(j["data"]["classes"] == classes);
+      CHECK(j["model"]["classes"] == classes);
+      CHECK(j["model"]["parameters"] == 62006 - 85 * 10 + 85 * classes);
+      REQUIRE(j["results"].size() == 1);
+      CHECK(j["results"][0]["clients"] == 6);
+    }
+    // 100 fine classes: a client's pair at p = 1 needs 5 training images of each; 6 clients x 2 classes
+    // of 10 images each fit, 60 training images per client do not.
+    Options o = short_cifar_run("cifar100", dir.path, dir.path / "r.json");
+    o.n_train = 60;
+    o.p = {1.0};
+    CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o), Contains("p = 1"));
+  }
+}
+
+TEST_CASE("fedmoe-paper refuses CIFAR runs without their data before any work, naming what is missing",
+          "[reliability][paper][cifar]") {
+  TempDir dir;
+  Options o = short_cifar_run("cifar10", dir.path / "none", dir.path / "r.json");
+  CHECK(run_experiment(InProcessRuntime{}, o) == 2);  // no such directory: says where to get the data
+  o.data = fashion_mnist_dir;
+  CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o), Contains("--dataset cifar10 needs --data DIR"));
+  cifar_test::write_cifar10_dir(dir.path, 40, 100);
+  fs::remove(dir.path / "data_batch_5.bin");
+  o.data = dir.path.string();
+  CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o),
+                    Contains("load_cifar10: missing file '" + (dir.path / "data_batch_5.bin").string() + "'"));
+  CHECK(!fs::exists(dir.path / "r.json"));
+}
+
+TEST_CASE("fedmoe-paper --model cnn refuses images of another shape than 1x28x28 or 3x32x32",
+          "[reliability][paper][cifar]") {
+  // MNIST-format IDX files (--dataset idx) of 14 x 56 images: as many pixels as 28 x 28, another shape.
+  TempDir dir;
+  const auto be32 = [](std::vector<unsigned char>& out, std::uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<unsigned char>(v >> shift));
+  };
+  for (const char* split : {"train", "t10k"}) {
+    std::vector<unsigned char> images, labels;
+    be32(images, 0x00000803);
+    be32(labels, 0x00000801);
+    for (std::uint32_t v : {20u, 14u, 56u}) be32(images, v);
+    be32(labels, 20);
+    images.resize(images.size() + 20 * 14 * 56, 7);
+    for (unsigned char i = 0; i < 20; ++i) labels.push_back(i % 10);
+    // Plain IDX bytes under the .gz names: zlib reads uncompressed files as they are.
+    cifar_test::write_file(dir.path / (std::string(split) + "-images-idx3-ubyte.gz"), images);
+    cifar_test::write_file(dir.path / (std::string(split) + "-labels-idx1-ubyte.gz"), labels);
+  }
+  Options o = short_cifar_run("idx", dir.path, dir.path / "r.json");
+  for (const char* model : {"cnn", "mlp"}) {
+    INFO(model);
+    o.model = model;
+    CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o),
+                      Contains(std::string("--model ") + model + " takes samples of shape [1x28x28]") &&
+                          Contains("or [3x32x32]") && Contains("has training samples of shape [1x14x56]"));
+  }
+  CHECK(!fs::exists(dir.path / "r.json"));
+}
