@@ -8,10 +8,14 @@
 /// fedmoe::set_error_handler (default: print to stderr and std::abort()); the
 /// handler must not return. The compute headers use nothing else, so they build
 /// with -fno-exceptions -fno-rtti.
+#include <charconv>
+#include <concepts>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 #include <stdexcept>
@@ -43,11 +47,43 @@ inline ErrorHandler& error_handler_slot() {
   return handler;
 }
 
+/// Appends one message argument as `std::ostream << v` in its default format would print it, without
+/// iostreams for the types messages use (their locale machinery is ~290 KB of a static binary, most of a
+/// small embedded program): text, characters, bool (1/0), integers in decimal, floating point as printf's
+/// %g (the stream's default: 6 significant digits), enums as their value, and types with a
+/// `to_string(const T&)` found by argument-dependent lookup (Shape, GateCall). Anything else is streamed.
+template <class T>
+void append_arg(std::string& out, const T& v) {
+  using U = std::remove_cvref_t<T>;
+  if constexpr (std::is_same_v<U, char> || std::is_same_v<U, signed char> || std::is_same_v<U, unsigned char>) {
+    out += char(v);
+  } else if constexpr (std::is_same_v<U, bool>) {
+    out += v ? '1' : '0';
+  } else if constexpr (std::is_integral_v<U>) {
+    char buf[24];
+    out.append(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+  } else if constexpr (std::is_floating_point_v<U>) {
+    char buf[40];
+    const int n = std::snprintf(buf, sizeof buf, "%Lg", static_cast<long double>(v));
+    out.append(buf, std::size_t(n > 0 ? n : 0));
+  } else if constexpr (std::is_enum_v<U>) {
+    append_arg(out, static_cast<std::underlying_type_t<U>>(v));
+  } else if constexpr (std::is_convertible_v<const U&, std::string_view>) {
+    out += std::string_view(v);
+  } else if constexpr (requires { { to_string(v) } -> std::convertible_to<std::string_view>; }) {
+    out += to_string(v);
+  } else {
+    std::ostringstream s;
+    s << v;
+    out += s.str();
+  }
+}
+
 template <class... Args>
 std::string concat(const Args&... args) {
-  std::ostringstream out;
-  (out << ... << args);
-  return out.str();
+  std::string out;
+  (append_arg(out, args), ...);
+  return out;
 }
 
 [[noreturn]] inline void fail(const std::string& message) {

@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 #include <cstdint>
 #include <ostream>
+#include <string>
 
 namespace fedmoe {
 
@@ -44,9 +45,11 @@ struct Shape {
 
   constexpr Index size() const { return channels * height * width; }
   friend constexpr bool operator==(const Shape&, const Shape&) = default;
-  friend std::ostream& operator<<(std::ostream& out, const Shape& s) {
-    return out << '[' << s.channels << 'x' << s.height << 'x' << s.width << ']';
+  /// "[CxHxW]", as error messages name shapes (see error.hpp).
+  friend std::string to_string(const Shape& s) {
+    return '[' + std::to_string(s.channels) + 'x' + std::to_string(s.height) + 'x' + std::to_string(s.width) + ']';
   }
+  friend std::ostream& operator<<(std::ostream& out, const Shape& s) { return out << to_string(s); }
 };
 
 /// Whether a forward pass trains (dropout active) or evaluates.

@@ -81,6 +81,17 @@ public:
     return forward(x, Mode::eval, unused);
   }
 
+  /// Sizes every buffer an evaluation forward pass over batches of exactly `batch` columns uses, so that
+  /// such passes allocate nothing from then on (embedded inference: examples/embedded_inference.cpp
+  /// counts the allocations). It runs one such pass on zeros: the layers keep their outputs and
+  /// workspaces between calls, and a pass of the same batch size finds them sized. A batch of another
+  /// size resizes them again (Eigen matrices keep no spare capacity).
+  void prepare(Index batch) {
+    FEDMOE_CHECK(batch > 0, "Sequential::prepare: expected a batch size > 0, got ", batch);
+    const Matrix<Scalar> zeros = Matrix<Scalar>::Zero(input_size(), batch);
+    forward(zeros);
+  }
+
   /// After forward(x): sets gradients() from dy = dL/doutput; returns dL/dx if input_grad.
   const Matrix<Scalar>& backward(const Eigen::Ref<const Matrix<Scalar>>& x, const Matrix<Scalar>& dy,
                                  bool input_grad = false) {

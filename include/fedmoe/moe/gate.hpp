@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <limits>
 #include <ostream>
+#include <string>
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
@@ -145,7 +146,8 @@ namespace detail {
 struct GateCall {
   const char* gate;
   const char* function;
-  friend std::ostream& operator<<(std::ostream& out, const GateCall& c) { return out << c.gate << "::" << c.function; }
+  friend std::string to_string(const GateCall& c) { return std::string(c.gate) + "::" + c.function; }
+  friend std::ostream& operator<<(std::ostream& out, const GateCall& c) { return out << to_string(c); }
 };
 
 template <class Who, class In>
