@@ -11,6 +11,7 @@
 #include <fedmoe/io/cifar.hpp>
 
 #include "cifar_files.hpp"
+#include "temp_dir.hpp"
 
 using namespace fedmoe;
 using namespace cifar_test;
@@ -18,21 +19,6 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct CifarTempDir {
-  fs::path path;
-  CifarTempDir() {
-    static int counter = 0;
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = fs::temp_directory_path() / ("fedmoe-cifar-" + std::to_string(stamp) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~CifarTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 /// Every value of sample j equals pixel(record, k) / 255, in C,H,W order (k = c * 1024 + h * 32 + w).
 template <class S>
@@ -48,7 +34,7 @@ void check_pixels(const Dataset<S>& d, Index j, std::size_t record) {
 
 TEMPLATE_TEST_CASE("read_cifar_records reads CIFAR-10 and CIFAR-100 records, plain and gzip", "[io][cifar]", float,
                    double) {
-  CifarTempDir dir;
+  test::TempDir dir("cifar");
   const std::vector<unsigned> labels{3, 0, 9, 7};
   write_file(dir.file("c10.bin"), cifar10_records(labels));
   write_gzip(dir.file("c10.bin.gz"), cifar10_records(labels));
@@ -85,7 +71,7 @@ TEMPLATE_TEST_CASE("read_cifar_records reads CIFAR-10 and CIFAR-100 records, pla
 }
 
 TEST_CASE("load_cifar10 reads the five training batches in order and the test batch", "[io][cifar]") {
-  CifarTempDir dir;
+  test::TempDir dir("cifar");
   const fs::path batches = dir.path / "cifar-10-batches-bin";
   write_cifar10_dir(batches, 4, 3);
   for (const fs::path& given : {batches, dir.path}) {  // the batches' directory, or the one holding it
@@ -116,7 +102,7 @@ TEST_CASE("load_cifar10 reads the five training batches in order and the test ba
 }
 
 TEST_CASE("load_cifar100 reads fine or coarse labels", "[io][cifar]") {
-  CifarTempDir dir;
+  test::TempDir dir("cifar");
   write_cifar100_dir(dir.path / "cifar-100-binary", 205, 7);
   const Dataset<float> fine = load_cifar100<float>(dir.path.string(), true);
   REQUIRE(fine.size() == 205);
@@ -139,7 +125,7 @@ TEST_CASE("load_cifar100 reads fine or coarse labels", "[io][cifar]") {
 
 TEST_CASE("the CIFAR readers refuse bad files naming the file, the expected and the actual value",
           "[io][cifar]") {
-  CifarTempDir dir;
+  test::TempDir dir("cifar");
   const std::string path = dir.file("data.bin");
   const std::vector<unsigned char> two = cifar10_records({1, 2});
 

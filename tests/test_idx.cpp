@@ -12,26 +12,12 @@
 
 #include <fedmoe/io/idx.hpp>
 
+#include "temp_dir.hpp"
+
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
 namespace {
-
-struct IdxTempDir {
-  std::filesystem::path path;
-  IdxTempDir() {
-    static int counter = 0;
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = std::filesystem::temp_directory_path() /
-           ("fedmoe-idx-" + std::to_string(stamp) + "-" + std::to_string(counter++));
-    std::filesystem::create_directories(path);
-  }
-  ~IdxTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 void put_be32(std::vector<unsigned char>& out, std::uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<unsigned char>(v >> shift));
@@ -79,7 +65,7 @@ struct Sample {
 }  // namespace
 
 TEMPLATE_TEST_CASE("load_idx reads plain and gzip IDX files", "[io][idx]", float, double) {
-  IdxTempDir dir;
+  test::TempDir dir("idx");
   const Sample s;
   const auto images = idx_images(3, 2, 4, s.pixels);
   const auto labels = idx_labels(s.labels);
@@ -110,7 +96,7 @@ TEMPLATE_TEST_CASE("load_idx reads plain and gzip IDX files", "[io][idx]", float
 }
 
 TEST_CASE("load_idx rejects corrupt IDX files with clear errors", "[io][idx]") {
-  IdxTempDir dir;
+  test::TempDir dir("idx");
   const Sample s;
   write_gzip(dir.file("img"), idx_images(3, 2, 4, s.pixels));
   write_gzip(dir.file("lbl"), idx_labels(s.labels));

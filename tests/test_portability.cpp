@@ -27,6 +27,8 @@
 #include <fedmoe/models/paper.hpp>
 #include <fedmoe/moe/noisy_top_k_gate.hpp>
 
+#include "temp_dir.hpp"
+
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
@@ -64,22 +66,6 @@ template <class S>
 std::uint64_t fnv1a(const Vector<S>& v) {
   return fnv1a(v.data(), std::size_t(v.size()));
 }
-
-struct PortTempDir {
-  std::filesystem::path path;
-  PortTempDir() {
-    static int counter = 0;
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = std::filesystem::temp_directory_path() /
-           ("fedmoe-port-" + std::to_string(stamp) + "-" + std::to_string(counter++));
-    std::filesystem::create_directories(path);
-  }
-  ~PortTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -281,7 +267,7 @@ TEMPLATE_TEST_CASE("pixel bytes scale to x / 255 by IEEE division on every CPU",
   }
 
   // Through both readers: every byte value once (an IDX image of 16 x 16, and a (1, 256) uint8 .npy).
-  PortTempDir dir;
+  test::TempDir dir("port");
   std::string images, labels;
   append_be32(images, 0x00000803u);
   append_be32(images, 1);
@@ -331,7 +317,7 @@ TEST_CASE("the size limits follow the target's Index", "[portable][limits]") {
 }
 
 TEST_CASE("an IDX header of 65536 x 65536 pixels is read or refused by the target's limits", "[portable][io][idx]") {
-  PortTempDir dir;
+  test::TempDir dir("port");
   auto header = [](std::uint32_t n) {
     std::string b;
     append_be32(b, 0x00000803u);
@@ -394,7 +380,7 @@ TEST_CASE("a parameter record announcing 2^40 or 2^32 + 1 elements is refused, n
 }
 
 TEST_CASE("a .npy shape whose product wraps or overflows is refused", "[portable][io][npy]") {
-  PortTempDir dir;
+  test::TempDir dir("port");
   auto header_only = [&](const std::string& name, const std::string& shape, const std::string& data) {
     write_bytes(dir.file(name), raw_npy("|u1", shape, data));
     std::ifstream in(dir.file(name), std::ios::binary);

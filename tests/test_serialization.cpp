@@ -19,28 +19,12 @@
 #include <fedmoe/optimizers/sgd.hpp>
 
 #include "gradient_check.hpp"
+#include "temp_dir.hpp"
 
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
 namespace {
-
-/// A fresh directory under the system temp dir, removed with its contents on scope exit.
-struct TempDir {
-  std::filesystem::path path;
-  explicit TempDir(const std::string& tag) {
-    static int counter = 0;
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = std::filesystem::temp_directory_path() /
-           ("fedmoe-" + tag + "-" + std::to_string(stamp) + "-" + std::to_string(counter++));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 template <class S>
 bool bitwise_equal(const Vector<S>& a, const Vector<S>& b) {
@@ -114,7 +98,7 @@ TEMPLATE_TEST_CASE("save_model/load_model round-trips a FashionCnn bitwise", "[i
   CHECK(bitwise_equal(model.parameters(), copy.parameters()));
 
   // file
-  TempDir dir("ser");
+  test::TempDir dir("ser");
   const std::string path = dir.file("model.fedmoe");
   save_model(path, model);
   auto from_file = fashion_cnn<TestType>();
@@ -155,7 +139,7 @@ TEMPLATE_TEST_CASE("Adam state saved mid-training resumes bitwise identically", 
   Rng rng(5);
   for (int i = 0; i < 3; ++i) train_step(model, opt, x, y, rng);
 
-  TempDir dir("adam");
+  test::TempDir dir("adam");
   save_model(dir.file("model.bin"), model);
   save_optimizer(dir.file("adam.bin"), opt);
   const Rng rng_at_save = rng;
@@ -351,7 +335,7 @@ TEST_CASE("non-finite parameters are refused on save and on load", "[io][seriali
 }
 
 TEST_CASE("a failed save leaves the previous file intact and missing files are named", "[io][serialization]") {
-  TempDir dir("atomic");
+  test::TempDir dir("atomic");
   const std::string path = dir.file("model.bin");
   auto model = initialized(fashion_cnn<float>(), 6);
   save_model(path, model);
@@ -381,7 +365,7 @@ TEST_CASE("a failed save leaves the previous file intact and missing files are n
 // NumPy interchange
 
 TEST_CASE("export_npy/import_npy round-trip bitwise (FashionCnn<double>, Mlp<float>)", "[io][npy]") {
-  TempDir dir("npy");
+  test::TempDir dir("npy");
   const auto cnn = initialized(fashion_cnn<double>(), 7);
   export_npy(cnn, dir.file("cnn"));
   for (const TensorInfo& t : cnn.tensors()) CHECK(std::filesystem::exists(dir.file("cnn/" + t.name + ".npy")));
@@ -417,7 +401,7 @@ TEMPLATE_TEST_CASE("an exported dense weight is W[out, in] as the forward pass c
   Net net(Shape{5, 1, 1}, Dense<S>(3));
   Rng rng(9);
   net.init(rng);
-  TempDir dir("dense");
+  test::TempDir dir("dense");
   export_npy(net, dir.path.string());
   const auto w = xt::load_npy<S>(dir.file("0.weight.npy"));
   const auto b = xt::load_npy<S>(dir.file("0.bias.npy"));
@@ -441,7 +425,7 @@ TEMPLATE_TEST_CASE("an exported dense weight is W[out, in] as the forward pass c
 }
 
 TEST_CASE("import_npy rejects shape mismatches, missing files and truncated data", "[io][npy]") {
-  TempDir dir("npybad");
+  test::TempDir dir("npybad");
   const auto net = initialized(mlp<float>(Shape{20, 1, 1}, 4, 8), 10);
   export_npy(net, dir.path.string());
   // the files of another (smaller) architecture
@@ -465,7 +449,7 @@ TEST_CASE("import_npy rejects shape mismatches, missing files and truncated data
 }
 
 TEST_CASE("load_npy_dataset reads uint8/float inputs and int labels of several dtypes", "[io][npy]") {
-  TempDir dir("npyds");
+  test::TempDir dir("npyds");
   // 4 samples of shape 1 x 2 x 3, values k = 0..23
   xt::xarray<std::uint8_t> x8 = xt::zeros<std::uint8_t>({4, 2, 3});
   xt::xarray<float> xf = xt::zeros<float>({4, 6});
