@@ -15,6 +15,19 @@
 
 #include "fuzz_target.hpp"
 
+namespace {
+
+/// The payload of a frame checked as MpiTransport checks one (kind, element type, count), copied out.
+template <class T>
+std::vector<T> checked_payload(std::span<const std::byte> view, fedmoe::FrameKind kind, std::int64_t count) {
+  const fedmoe::FrameView f = fedmoe::check_frame<T>(view, kind, count, "fuzz");
+  std::vector<T> out(std::size_t(f.header.count));
+  f.copy_to(std::span<T>(out));
+  return out;
+}
+
+}  // namespace
+
 FEDMOE_FUZZ_TARGET {
   using namespace fedmoe;
   if (size < 1) return 0;
@@ -36,26 +49,14 @@ FEDMOE_FUZZ_TARGET {
   return fuzz::expect_clean_error([&] {
     switch (kind) {
       case FrameKind::global:
-      case FrameKind::update: {
-        const FrameView f = check_frame<float>(view, kind, count, "fuzz");
-        std::vector<float> out(std::size_t(f.header.count));
-        f.copy_to(std::span<float>(out));
-        break;
-      }
+      case FrameKind::update: (void)checked_payload<float>(view, kind, count); break;
       case FrameKind::report:
       case FrameKind::value:
-      case FrameKind::count: {
-        const FrameView f = check_frame<double>(view, kind, count, "fuzz");
-        std::vector<double> out(std::size_t(f.header.count));
-        f.copy_to(std::span<double>(out));
-        break;
-      }
+      case FrameKind::count: (void)checked_payload<double>(view, kind, count); break;
       case FrameKind::result:
       case FrameKind::message: {
-        const FrameView f = check_frame<std::uint8_t>(view, kind, count, "fuzz");
-        std::vector<std::uint8_t> out(std::size_t(f.header.count));
-        f.copy_to(std::span<std::uint8_t>(out));
-        if (kind == FrameKind::result) (void)decode_result(out);
+        const std::vector<std::uint8_t> payload = checked_payload<std::uint8_t>(view, kind, count);
+        if (kind == FrameKind::result) (void)decode_result(payload);
         break;
       }
     }

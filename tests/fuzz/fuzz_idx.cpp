@@ -7,9 +7,7 @@
 
 FEDMOE_FUZZ_TARGET {
   static fedmoe::fuzz::ScratchFile images("idx-images"), labels("idx-labels");
-  const auto parts = fedmoe::fuzz::two_parts(data, size);
-  if (!parts.ok) return 0;
-  images.write(parts.first);
-  labels.write(parts.second);
-  return fedmoe::fuzz::expect_clean_error([&] { (void)fedmoe::load_idx<float>(images.path(), labels.path(), 10); });
+  return fedmoe::fuzz::two_files(data, size, images, labels, [](const std::string& x, const std::string& y) {
+    (void)fedmoe::load_idx<float>(x, y, 10);
+  });
 }

@@ -7,10 +7,7 @@
 
 FEDMOE_FUZZ_TARGET {
   static fedmoe::fuzz::ScratchFile inputs("npy-inputs.npy"), labels("npy-labels.npy");
-  const auto parts = fedmoe::fuzz::two_parts(data, size);
-  if (!parts.ok) return 0;
-  inputs.write(parts.first);
-  labels.write(parts.second);
-  return fedmoe::fuzz::expect_clean_error(
-      [&] { (void)fedmoe::load_npy_dataset<float>(inputs.path(), labels.path(), fedmoe::Shape{2, 3}, 10); });
+  return fedmoe::fuzz::two_files(data, size, inputs, labels, [](const std::string& x, const std::string& y) {
+    (void)fedmoe::load_npy_dataset<float>(x, y, fedmoe::Shape{2, 3}, 10);
+  });
 }

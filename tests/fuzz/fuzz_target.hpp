@@ -91,6 +91,17 @@ private:
   std::string m_path;
 };
 
+/// An input holding two files (see two_parts) written to `first` and `second`, then parsed by
+/// parse(first_path, second_path) under expect_clean_error; an input that is not two files is skipped.
+template <class Parse>
+int two_files(const std::uint8_t* data, std::size_t size, ScratchFile& first, ScratchFile& second, Parse&& parse) {
+  const TwoParts parts = two_parts(data, size);
+  if (!parts.ok) return 0;
+  first.write(parts.first);
+  second.write(parts.second);
+  return expect_clean_error([&] { parse(first.path(), second.path()); });
+}
+
 /// zlib's CRC-32 of `n` bytes (the checksum of the serialization format and of MPI frames).
 inline std::uint32_t crc32_of(const void* p, std::size_t n) {
   return std::uint32_t(::crc32_z(::crc32_z(0L, Z_NULL, 0), static_cast<const Bytef*>(p), n));
