@@ -62,6 +62,10 @@ struct MethodResult {
     return nullptr;
   }
   friend bool operator==(const MethodResult&, const MethodResult&) = default;
+  template <class Ar>
+  void serialize(Ar& ar) {  // io/archive.hpp
+    ar("method", method)("local_acc", local_acc)("global_acc", global_acc)("metrics", metrics)("series", series);
+  }
 };
 
 /// Every method's results for one client, in the order they were run.
@@ -80,6 +84,8 @@ struct ClientResult {
     return nullptr;
   }
   friend bool operator==(const ClientResult&, const ClientResult&) = default;
+  template <class Ar>
+  void serialize(Ar& ar) { ar("client", client)("opted_out", opted_out)("methods", methods); }  // io/archive.hpp
 };
 
 namespace detail {

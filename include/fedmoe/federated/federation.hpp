@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "../core/parallel.hpp"
+#include "../io/archive.hpp"
 #include "../optimizers/adam.hpp"
 #include "attacks.hpp"
 #include "client.hpp"
@@ -52,6 +53,23 @@
 #include "server.hpp"
 
 namespace fedmoe {
+
+/// Saving a run's state and resuming from it (io/archive.hpp). A resumed run's result and model are
+/// bitwise those of the uninterrupted run: round r depends only on the state after round r - 1 and
+/// on streams of (seed, r), and the state holds everything that carries over (the global model, the
+/// server optimizer's and the aggregator's state, the client algorithm's server and client states,
+/// early stopping's counters and best copy, the transport's round counter, the history).
+/// In-process runs only: a distributed run's client states live on several processes.
+struct FederationCheckpoint {
+  int every = 0;  ///< save after every `every`-th round and once the run ends (0: never)
+  /// Receives the state (the bytes of a state file) after round `round`; `finished`: the last save.
+  std::function<void(int round, bool finished, const std::string& state)> save;
+  /// A state from `save` to continue from (empty: start afresh). It must come from the same
+  /// clients, model, strategy and config; seed, rounds, check interval, patience, the client count
+  /// and the parameter count are checked, the rest is the caller's to guarantee (fedmoe-paper
+  /// fingerprints its whole configuration).
+  std::string resume;
+};
 
 struct FederationConfig {
   int max_rounds = 1000;
@@ -64,6 +82,7 @@ struct FederationConfig {
   /// returned model (the last one is kept): what a DP run needs for its guarantee to cover the result.
   bool select_on_validation = true;
   PrivacyAccounting privacy{};  ///< used with a DifferentiallyPrivate aggregator only
+  FederationCheckpoint checkpoint{};  ///< saving and resuming (none by default)
 };
 
 /// The four parts of a federated algorithm.
@@ -103,6 +122,12 @@ struct RoundRecord {
   bool stepped = false; ///< the server changed the global model this round
   double epsilon = none;    ///< DP: the privacy spent after this round (at the configured delta)
   double clip_norm = none;  ///< DP: the clipping norm C used this round (server process)
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar("round", round)("sampled", sampled)("failed", failed)("attackers", attackers)("received", received);
+    ar("rejected", rejected)("discarded", discarded)("used", used)("stepped", stepped)("epsilon", epsilon);
+    ar("clip_norm", clip_norm);
+  }
 };
 
 /// The privacy a DP run spent (FederationResult::privacy).
@@ -115,6 +140,12 @@ struct PrivacySpent {
   int rounds = 0;              ///< rounds accounted (= run)
   privacy::Conversion conversion = privacy::Conversion::improved;
   int budget_stop_round = 0;   ///< 0: the budget never stopped training; else the last round it allowed
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar("epsilon", epsilon)("delta", delta)("order", order)("noise_multiplier", noise_multiplier);
+    ar("sampling_rate", sampling_rate)("rounds", rounds)("conversion", conversion);
+    ar("budget_stop_round", budget_stop_round);
+  }
 };
 
 struct FederationResult {
@@ -124,6 +155,11 @@ struct FederationResult {
   std::vector<std::pair<int, double>> val_history;  ///< (round, validation loss) at each check
   std::vector<RoundRecord> history;  ///< one record per round (received/rejected/...: on the server process)
   std::optional<PrivacySpent> privacy;  ///< set by a DP run
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar("rounds", rounds)("best_round", best_round)("best_val_loss", best_val_loss);
+    ar("val_history", val_history)("history", history)("privacy", privacy);
+  }
 };
 
 /// Progress callback after each round: (round, max_rounds, latest validation loss).
@@ -157,12 +193,24 @@ public:
     m_states.resize(clients.size());
     m_reporters = owned(m_eligible);
     if constexpr (is_private) start_accounting();
+    const FederationCheckpoint& cp = m_config.checkpoint;
+    FEDMOE_CHECK(cp.every >= 0, "train_federated: expected checkpoint.every >= 0, got ", cp.every);
+    FEDMOE_CHECK(cp.every == 0 || cp.save, "train_federated: checkpoint.every is ", cp.every,
+                 " but no checkpoint.save function was given");
+    if (cp.every > 0 || !cp.resume.empty()) {
+      FEDMOE_CHECK(m_is_server && owned(all_clients()).size() == m_clients.size(),
+                   "train_federated: checkpoints need an in-process transport (this process hosts ",
+                   owned(all_clients()).size(), " of the ", m_clients.size(),
+                   " clients; their states cannot be saved here)");
+    }
+    if (!cp.resume.empty()) restore(cp.resume);
   }
 
   /// Every round until max_rounds or early stopping; the best global model goes to `global_model`.
   FederationResult run(M& global_model, const FederationProgress& progress) {
-    check(0);
-    for (int round = 1; round <= m_config.max_rounds; ++round) {
+    if (m_next_round == 1 && !m_done) check(0);
+    const int every = m_config.checkpoint.every;
+    for (int round = m_next_round; !m_done && round <= m_config.max_rounds; ++round) {
       if constexpr (is_private)
         if (!budget_allows_round()) {
           m_result.privacy->budget_stop_round = round - 1;
@@ -170,13 +218,47 @@ public:
         }
       train_round(round);
       m_result.rounds = round;
-      const bool checkpoint = round % m_config.check_every == 0 || round == m_config.max_rounds;
-      const bool done = checkpoint && check(round);
+      const bool validate = round % m_config.check_every == 0 || round == m_config.max_rounds;
+      m_done = validate && check(round);
+      m_next_round = round + 1;
       if (progress) progress(round, m_config.max_rounds, m_result.val_history.back().second);
-      if (done) break;
+      if (every > 0 && !m_done && round % every == 0 && round < m_config.max_rounds) save(round, false);
     }
+    m_done = true;
+    if (every > 0) save(m_result.rounds, true);
     global_model.parameters() = m_stop.has_best() ? m_stop.best() : m_server.global();
     return m_result;
+  }
+
+  /// The run's state across rounds (io/archive.hpp); see FederationCheckpoint.
+  template <class Ar>
+  void serialize(Ar& ar) {
+    {  // what the state was made for: refused with the field that differs
+      std::uint64_t seed = m_config.seed, clients = m_clients.size();
+      std::int64_t params = m_server.global().size();
+      int max_rounds = m_config.max_rounds, check_every = m_config.check_every, patience = m_config.patience;
+      ar("for.seed", seed)("for.clients", clients)("for.parameters", params)("for.max_rounds", max_rounds);
+      ar("for.check_every", check_every)("for.patience", patience);
+      if constexpr (Ar::loading) {
+        const auto same = [&](const char* what, auto saved, auto now) {
+          FEDMOE_CHECK(saved == now, ar.who(), ": the state is from another run: it has ", what, " ", saved,
+                       ", this run has ", now);
+        };
+        same("seed", seed, m_config.seed);
+        same("client count", clients, m_clients.size());
+        same("parameter count", params, m_server.global().size());
+        same("max_rounds", max_rounds, m_config.max_rounds);
+        same("check_every", check_every, m_config.check_every);
+        same("patience", patience, m_config.patience);
+      }
+    }
+    ar("next_round", m_next_round)("done", m_done);
+    ar("server", m_server);
+    if constexpr (requires { m_strategy.algorithm.serialize(ar); }) ar("algorithm", m_strategy.algorithm);
+    ar("client_states", m_states);
+    ar("early_stopping", m_stop);
+    ar("result", m_result);
+    if constexpr (requires { m_transport.serialize(ar); }) ar("transport", m_transport);
   }
 
 private:
@@ -187,6 +269,42 @@ private:
   static_assert(!(is_private && requires { T::aggregates_securely; }),
                 "train_federated: differential privacy (DpMean) cannot be combined with secure aggregation: the "
                 "server only sees the sum, so it cannot clip the clients' updates (distributed DP is not implemented)");
+
+  std::vector<std::size_t> all_clients() const {
+    std::vector<std::size_t> all(m_clients.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    return all;
+  }
+
+  void save(int round, bool finished) {
+    StateWriter w(m_server.global().size());
+    serialize(w);
+    m_config.checkpoint.save(round, finished, w.bytes());
+  }
+
+  /// Continues from a saved state: every field checked (record names, types, sizes against the model
+  /// and the client list), then the privacy accountant replayed to the rounds run.
+  void restore(const std::string& bytes) {
+    StateReader r(bytes, "train_federated: resume", m_server.global().size());
+    serialize(r);
+    r.finish();
+    FEDMOE_CHECK(m_states.size() == m_clients.size(), r.who(), ": expected the states of ", m_clients.size(),
+                 " clients, got ", m_states.size());
+    const int run = m_result.rounds;
+    FEDMOE_CHECK(run >= 0 && run <= m_config.max_rounds && m_next_round == run + 1 &&
+                     m_result.history.size() == std::size_t(run),
+                 r.who(), ": inconsistent state: ", run, " rounds run, next round ", m_next_round, ", ",
+                 m_result.history.size(), " round records (max_rounds ", m_config.max_rounds, ")");
+    FEDMOE_CHECK(!m_result.val_history.empty(), r.who(), ": inconsistent state: no validation check recorded");
+    FEDMOE_CHECK(m_result.privacy.has_value() == is_private, r.who(), ": the state is from ",
+                 m_result.privacy ? "a differentially private" : "a non-private", " run, this run is ",
+                 is_private ? "differentially private" : "not private");
+    if constexpr (is_private) {
+      FEDMOE_CHECK(m_result.privacy->rounds >= 0 && m_result.privacy->rounds <= run, r.who(),
+                   ": inconsistent state: ", m_result.privacy->rounds, " rounds accounted of ", run);
+      for (int i = 0; i < m_result.privacy->rounds; ++i) m_accountant->step();
+    }
+  }
 
   void start_accounting() {
     static_assert(std::same_as<Smp, PoissonSampler>,
@@ -326,6 +444,8 @@ private:
   bool m_is_server;
   std::vector<std::size_t> m_eligible, m_reporters;
   FederationResult m_result;
+  int m_next_round = 1;  ///< the first round still to run
+  bool m_done = false;   ///< early stopping (or the end) was reached: no round is left
 };
 }  // namespace detail
 

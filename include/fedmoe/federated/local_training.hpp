@@ -61,7 +61,10 @@ struct LocalData {
 };
 
 /// No state across rounds.
-struct NoClientState {};
+struct NoClientState {
+  template <class Ar>
+  void serialize(Ar&) {}
+};
 
 namespace detail {
 /// `epochs` shuffled passes of mini-batch steps from the model's current parameters; before each
@@ -185,6 +188,8 @@ private:
 template <class S>
 struct ScaffoldState {
   Vector<S> control;
+  template <class Ar>
+  void serialize(Ar& ar) { ar.parameters("control", control); }
 };
 
 /// SCAFFOLD with option II control variates and local SGD at learning rate `lr` (eta_l).
@@ -239,6 +244,9 @@ public:
     for (const auto& u : accepted) m_control += u.extras[0] / S(eligible);
   }
   const Vector<S>& control() const { return m_control; }
+  /// The server side's state across rounds (io/archive.hpp).
+  template <class Ar>
+  void serialize(Ar& ar) { ar.parameters("control", m_control); }
 
 private:
   double m_lr;

@@ -38,6 +38,17 @@ public:
     m_global = params;
   }
   const Opt& optimizer() const { return m_optimizer; }
+  /// The server's state across rounds (io/archive.hpp): the global parameters, the optimizer's state and
+  /// the aggregator's, if it keeps any (DpMean's adaptive clipping norm).
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar.parameters("global", m_global);
+    if constexpr (Ar::loading)
+      FEDMOE_CHECK(m_global.size() == ar.parameter_count(), ar.who(), ": expected ", ar.parameter_count(),
+                   " global parameters, got ", m_global.size());
+    ar("optimizer", m_optimizer);
+    if constexpr (requires { m_aggregator.serialize(ar); }) ar("aggregator", m_aggregator);
+  }
   Agg& aggregator() { return m_aggregator; }
   const Agg& aggregator() const { return m_aggregator; }
 

@@ -8,12 +8,12 @@
 /// |--------|------|------------------------------------------------------------------|
 /// | 0      | 8    | magic `\x89 F E D M O E \n` (the PNG trick: 8-bit, line-ending safe) |
 /// | 8      | u32  | format version (= 1)                                             |
-/// | 12     | u32  | content: 1 = parameters, 2 = optimizer state                     |
+/// | 12     | u32  | content: 1 = parameters, 2 = optimizer state, 3 = state (archive.hpp) |
 /// | 16     | u32  | scalar type code: 1 = float32, 2 = float64                       |
 /// | 20     | u32  | sizeof(scalar): 4 or 8                                           |
 /// | 24     | u64  | record count R                                                   |
 /// | 32     |      | R records: u32 name length, name bytes, u32 dtype code (1 float32, |
-/// |        |      | 2 float64, 3 int64), u32 ndims, ndims x i64 dims, then the       |
+/// |        |      | 2 float64, 3 int64; 4 uint8 in state files), u32 ndims, ndims x i64 dims, then the |
 /// |        |      | prod(dims) elements, row-major (PyTorch's layout)                |
 /// | end-4  | u32  | CRC-32 (zlib `crc32`) of every byte before it                    |
 ///
@@ -84,9 +84,11 @@ concept TensorModel = Model<M> && requires(const M cm) {
 inline constexpr unsigned char ser_magic[8] = {0x89, 'F', 'E', 'D', 'M', 'O', 'E', '\n'};
 inline constexpr std::uint32_t ser_content_parameters = 1;
 inline constexpr std::uint32_t ser_content_optimizer = 2;
+inline constexpr std::uint32_t ser_content_state = 3;  ///< io/archive.hpp: any mix of record dtypes
 inline constexpr std::uint32_t ser_float32 = 1;
 inline constexpr std::uint32_t ser_float64 = 2;
 inline constexpr std::uint32_t ser_int64 = 3;
+inline constexpr std::uint32_t ser_uint8 = 4;  ///< state files only (strings, nested files)
 inline constexpr std::uint32_t ser_max_dims = 32;
 
 inline const char* ser_dtype_name(std::uint32_t code) {
@@ -94,13 +96,15 @@ inline const char* ser_dtype_name(std::uint32_t code) {
     case ser_float32: return "float32";
     case ser_float64: return "float64";
     case ser_int64: return "int64";
+    case ser_uint8: return "uint8";
     default: return "unknown";
   }
 }
-inline std::size_t ser_dtype_size(std::uint32_t code) { return code == ser_float32 ? 4 : 8; }
+inline std::size_t ser_dtype_size(std::uint32_t code) { return code == ser_float32 ? 4 : code == ser_uint8 ? 1 : 8; }
 inline const char* ser_content_name(std::uint32_t code) {
   return code == ser_content_parameters  ? "parameters"
          : code == ser_content_optimizer ? "optimizer state"
+         : code == ser_content_state     ? "state"
                                          : "unknown";
 }
 
@@ -157,7 +161,7 @@ public:
   }
   template <class T>
   void array(const T* data, Index n) {
-    if constexpr (std::endian::native == std::endian::little) {
+    if constexpr (std::endian::native == std::endian::little || sizeof(T) == 1) {
       bytes(data, static_cast<std::size_t>(n) * sizeof(T));
     } else {
       unsigned char buf[4096];
@@ -176,6 +180,8 @@ public:
     bytes(name.data(), name.size());
     if constexpr (std::same_as<T, std::int64_t>)
       value(ser_int64);
+    else if constexpr (std::same_as<T, unsigned char>)
+      value(ser_uint8);
     else
       value(ser_scalar_code<T>());
     value(std::uint32_t(dims.size()));
@@ -227,7 +233,7 @@ struct SerFile {
   template <class T>
   void read(const SerRecord& r, T* out) const {
     const auto* p = reinterpret_cast<const unsigned char*>(bytes.data()) + r.offset;
-    if constexpr (std::endian::native == std::endian::little) {
+    if constexpr (std::endian::native == std::endian::little || sizeof(T) == 1) {
       if (r.count > 0) std::memcpy(out, p, static_cast<std::size_t>(r.count) * sizeof(T));
     } else {
       for (Index i = 0; i < r.count; ++i) out[i] = load_le<T>(p + i * Index(sizeof(T)));
@@ -334,10 +340,14 @@ SerFile parse_ser_file(std::string bytes, std::uint32_t expected_content, const 
     const unsigned char* name = r.take(name_len);
     rec.name.assign(reinterpret_cast<const char*>(name), name_len);
     rec.dtype = r.value<std::uint32_t>("the dtype of record ", i, " '", rec.name, "'");
-    FEDMOE_CHECK(rec.dtype == ser_float32 || rec.dtype == ser_float64 || rec.dtype == ser_int64, who,
-                 ": record ", i, " '", rec.name, "': unknown dtype code ", rec.dtype,
-                 " (expected 1 = float32, 2 = float64 or 3 = int64)");
-    FEDMOE_CHECK(rec.dtype == ser_int64 || rec.dtype == scalar, who, ": record ", i, " '", rec.name,
+    // State files (io/archive.hpp) mix dtypes and hold bytes; the others hold one scalar type and int64.
+    const bool state = file.content == ser_content_state;
+    FEDMOE_CHECK(rec.dtype == ser_float32 || rec.dtype == ser_float64 || rec.dtype == ser_int64 ||
+                     (state && rec.dtype == ser_uint8),
+                 who, ": record ", i, " '", rec.name, "': unknown dtype code ", rec.dtype,
+                 state ? " (expected 1 = float32, 2 = float64, 3 = int64 or 4 = uint8)"
+                       : " (expected 1 = float32, 2 = float64 or 3 = int64)");
+    FEDMOE_CHECK(state || rec.dtype == ser_int64 || rec.dtype == scalar, who, ": record ", i, " '", rec.name,
                  "': wrong scalar type: the record has ", ser_dtype_name(rec.dtype), ", the file header says ",
                  ser_dtype_name(scalar));
     const auto ndims = r.value<std::uint32_t>("the dimension count of record ", i, " '", rec.name, "'");

@@ -64,6 +64,22 @@ public:
     }
   }
 
+  /// Everything but the patience (io/archive.hpp); each snapshot holds the archive's parameter count.
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar("checks", m_checks)("bad", m_bad)("best_check", m_best_check)("best_loss", m_best_loss);
+    std::uint64_t n = m_best.size();
+    ar("best.size", n);
+    if constexpr (Ar::loading) {
+      FEDMOE_CHECK(n <= 64, "EarlyStopping: expected at most 64 snapshot vectors, got ", n);
+      FEDMOE_CHECK(m_bad >= 0 && m_checks >= 0 && m_best_check >= 0 && m_best_check <= m_checks,
+                   "EarlyStopping: inconsistent restored counters: checks ", m_checks, ", bad ", m_bad,
+                   ", best check ", m_best_check);
+      m_best.resize(std::size_t(n));
+    }
+    for (std::size_t i = 0; i < m_best.size(); ++i) ar.parameters("best." + std::to_string(i), m_best[i]);
+  }
+
 private:
   int m_patience;
   int m_checks = 0, m_bad = 0, m_best_check = 0;

@@ -55,6 +55,8 @@ template <class S>
 struct ApflState {
   Vector<S> personal;
   double alpha = 0;  ///< meaningful once `personal` is set
+  template <class Ar>
+  void serialize(Ar& ar) { ar.parameters("personal", personal)("alpha", alpha); }
 };
 
 /// The gradients of f(vbar), vbar = alpha v + (1 - alpha) w, at one batch (apfl_gradients).

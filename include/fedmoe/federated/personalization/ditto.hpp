@@ -44,6 +44,8 @@ struct DittoConfig {
 template <class S>
 struct DittoState {
   Vector<S> personal;
+  template <class Ar>
+  void serialize(Ar& ar) { ar.parameters("personal", personal); }
 };
 
 /// Ditto with optimizer `Opt` for both models (separate copies, fresh each round) and loss `L`.

@@ -59,6 +59,8 @@ struct PartialSharingConfig {
 template <class S>
 struct PartialSharingState {
   Vector<S> personal;
+  template <class Ar>
+  void serialize(Ar& ar) { ar.parameters("personal", personal); }
 };
 
 /// Partial model sharing with optimizer prototype `Opt` and loss `L` (see the file).

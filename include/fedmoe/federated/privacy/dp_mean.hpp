@@ -114,6 +114,13 @@ public:
   /// The current clipping norm C (moves with adaptive clipping).
   double clip_norm() const { return m_clip; }
   const DpRoundInfo& last_round() const { return m_last; }
+  /// The state across rounds (io/archive.hpp): the adaptive clipping norm.
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar("clip_norm", m_clip);
+    if constexpr (Ar::loading)
+      FEDMOE_CHECK(std::isfinite(m_clip) && m_clip > 0, "DpMean: expected a restored clipping norm > 0, got ", m_clip);
+  }
 
   /// The expected number of sampled clients m = q n, set by train_federated from its sampler before
   /// the first round (and checked: adaptive clipping needs z < 2 sigma_b).

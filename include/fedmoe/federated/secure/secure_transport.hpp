@@ -259,6 +259,10 @@ public:
 
   /// What the last collect() did (the counts on the server process).
   const SecureRoundInfo& last_round() const { return m_last; }
+  /// The state across rounds (io/archive.hpp): the round counter that the protocol's keys and masks
+  /// are bound to.
+  template <class Ar>
+  void serialize(Ar& ar) { ar("round", m_round); }
   const SecureAggregationConfig& config() const { return m_config; }
 
   // Protocol messages of the inner transport stay available to other protocols.
