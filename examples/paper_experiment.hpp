@@ -56,6 +56,7 @@
 
 #include "flag_checks.hpp"
 #include "output_file.hpp"
+#include "paper_checkpoint.hpp"
 
 // Secure aggregation needs libsodium: examples/CMakeLists.txt defines FEDMOE_PAPER_SECURE_AGGREGATION
 // when pkg-config finds it; without, --secure-aggregation is refused before any work.
@@ -70,6 +71,7 @@ using Clock = std::chrono::steady_clock;
 
 /// One process: InProcessTransport, every client local.
 struct InProcessRuntime {
+  static constexpr bool checkpoints = true;  // --checkpoint / --resume (paper_checkpoint.hpp)
   bool is_root() const { return true; }
   InProcessTransport<float> make_transport() const { return InProcessTransport<float>(); }
   void json_timing(nlohmann::json&) const {}
@@ -105,6 +107,8 @@ struct Options {
   std::size_t threads = 2;
   double dropout = 0.5;
   std::string json, csv, plot, gate_plot;
+  std::string checkpoint, resume;  // paper_checkpoint.hpp
+  int checkpoint_every = 10;       // rounds between a federation's saves
   bool full = false;
   // Federated strategy (federated/federation.hpp): server optimizer or client algorithm, aggregator, attacks.
   std::string strategy = "fedavg";  // fedavg | fedavgm | fedadagrad | fedadam | fedyogi | fedprox | scaffold
@@ -345,6 +349,16 @@ void for_each_flag(O& o, F&& flag) {
        "worker threads (results are identical for any count)");
   flag("--json", o.json, Text{}, "write results as JSON (checked before the run: the file can be created)");
   flag("--csv", o.csv, Text{}, "write results as CSV (checked before the run)");
+  flag("--checkpoint", o.checkpoint, Text{},
+       "save the sweep's state in DIR (created if needed; it must not hold a checkpoint yet) as it runs: after "
+       "every --checkpoint-every rounds of a federation, each client's personalisation, each setting. A run "
+       "killed at any moment continues with --resume DIR and the same flags, with bitwise the same results");
+  flag("--resume", o.resume, Text{},
+       "continue the sweep checkpointed in DIR (written by --checkpoint DIR, with the same flags; any --threads), "
+       "and keep checkpointing there; a complete sweep's outputs are rewritten without training");
+  flag("--checkpoint-every", o.checkpoint_every, at_least_one,
+       "with --checkpoint / --resume: rounds between a federation's saves (each saves the global model, the "
+       "optimizer and client states)");
   flag("--gate-plot", o.gate_plot, Text{},
        "write the gate-value distributions of every mixture method: FILE.png or FILE.svg (as --plot)");
   flag("--plot", o.plot, Text{},
@@ -429,6 +443,9 @@ inline void validate_options(const Options& o) {
   });
   if (!o.plot.empty()) (void)plot_format(o.plot);
   if (!o.gate_plot.empty()) (void)plot_format(o.gate_plot, "--gate-plot");
+  FEDMOE_CHECK(o.checkpoint.empty() || o.resume.empty(), "fedmoe-paper: expected --checkpoint DIR (a new run) or ",
+               "--resume DIR (continue one, checkpointing there), got both: --checkpoint ", o.checkpoint,
+               " --resume ", o.resume);
   if (is_cifar(o))
     FEDMOE_CHECK(o.data != fashion_mnist_dir, "fedmoe-paper: --dataset ", o.dataset, " needs --data DIR, the ",
                  "extracted ", cifar_tarball(o), " (its ", cifar_subdir(o), " directory, or the one holding it): CIFAR is ",
@@ -626,6 +643,10 @@ struct Setting {
   FederationResult fed;
   std::vector<ClientResult> clients;
   double seconds = 0;
+  template <class Ar>
+  void serialize(Ar& ar) {  // paper_checkpoint.hpp
+    ar("p", p)("opt_out", opt_out)("fed", fed)("clients", clients)("seconds", seconds);
+  }
 };
 
 class Progress {
@@ -652,9 +673,11 @@ private:
 template <class Runtime, class M, class G>
 Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<float>& train, const Dataset<float>& test,
                     std::span<const Index> global_test, double p, double opt_out, M model, G gate, Progress& progress,
-                    double done_before, double share) {
+                    double done_before, double share, SweepCheckpoint* checkpoint = nullptr, std::size_t index = 0) {
   const auto start = Clock::now();
   Setting s{p, opt_out, {}, {}, 0};
+  // With --checkpoint / --resume: how far this setting got (a fresh one, or the saved one when resuming).
+  SettingProgress* saved = checkpoint ? &checkpoint->begin_setting(index) : nullptr;
   Partition part = make_partition(o, train, test, p);
   // Opt-out set: a seeded choice of round(opt_out * clients) clients.
   std::vector<Index> order(std::size_t(o.clients));
@@ -721,9 +744,36 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   const LocalUpdateConfig local{o.local_epochs, o.batch};
   const AnyOptimizer<float> local_opt = o.local_optimizer == "sgd" ? AnyOptimizer<float>(Sgd<float>(o.lr_fedavg))
                                                                    : AnyOptimizer<float>(Adam<float>(o.lr_fedavg));
-  if (o.strategy == "fedprox") s.fed = federate(FedProx<AnyOptimizer<float>>(o.prox_mu, local, local_opt));
-  else if (o.strategy == "scaffold") s.fed = federate(Scaffold<float>(o.scaffold_lr, local));
-  else s.fed = federate(LocalTraining<AnyOptimizer<float>>(local, local_opt));
+  // A federation's checkpoints go into the setting's saved progress (`store` records the latest state).
+  const auto checkpointed = [&](FederationConfig c, const std::string& resume, auto store) {
+    if (!saved) return c;
+    c.checkpoint.every = o.checkpoint_every;
+    c.checkpoint.resume = resume;
+    c.checkpoint.save = [checkpoint, store](int, bool, const std::string& state) {
+      checkpoint->update([&](SettingProgress& sp) { store(sp, state); });
+    };
+    return c;
+  };
+  if (saved && saved->fed) {  // resumed after the main federation ended
+    FEDMOE_CHECK(saved->global.size() == model.num_params(), "fedmoe-paper: --resume: the saved global model has ",
+                 saved->global.size(), " parameters, expected ", model.num_params());
+    s.fed = *saved->fed;
+    model.parameters() = saved->global;
+  } else {
+    const FederationConfig main_fc = fc;
+    fc = checkpointed(main_fc, saved ? saved->federation : std::string(),
+                      [](SettingProgress& sp, const std::string& state) { sp.federation = state; });
+    if (o.strategy == "fedprox") s.fed = federate(FedProx<AnyOptimizer<float>>(o.prox_mu, local, local_opt));
+    else if (o.strategy == "scaffold") s.fed = federate(Scaffold<float>(o.scaffold_lr, local));
+    else s.fed = federate(LocalTraining<AnyOptimizer<float>>(local, local_opt));
+    fc = main_fc;  // the baselines' federations checkpoint on their own
+    if (saved)
+      checkpoint->update([&](SettingProgress& sp) {
+        sp.fed = s.fed;
+        sp.global = model.parameters();
+        sp.federation.clear();
+      });
+  }
 
   // Personalisation of every client hosted here, in parallel; results land in per-client slots
   // (in process: every client; over MPI: each rank its own, then the metrics go to rank 0).
@@ -742,6 +792,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     return evaluate(global_copy, test, global_test).accuracy;
   }();
   s.clients.resize(clients.size());
+  if (saved) s.clients = saved->clients;  // the clients (and baselines) completed before
   std::vector<PersonalWorkspace<M, G>> workspaces(o.threads, PersonalWorkspace<M, G>(model, gate));
   std::atomic<int> finished{0};
   std::mutex progress_mutex;
@@ -749,8 +800,15 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   for (std::size_t i = 0; i < clients.size(); ++i)
     if (transport_owns(transport, clients[i].id())) hosted.push_back(i);
   const bool personalise = wants_personalisation(o);
+  // Clients personalised before a resume (a copy: the workers' saves write the bit-packed original).
+  const std::vector<char> personalised_before =
+      saved ? std::vector<char>(saved->personalised.begin(), saved->personalised.end()) : std::vector<char>(clients.size(), 0);
   parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
     const std::size_t i = hosted[h];
+    if (personalised_before[i]) {
+      ++finished;
+      return;
+    }
     if (personalise) {
       s.clients[i] = personalize(clients[i], model, workspaces[w], test, global_test, pc, global_acc);
     } else {  // the global model alone: its local-test accuracy, nothing trained
@@ -759,6 +817,11 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
       r.opted_out = clients[i].opted_out();
       r.add("global", evaluate(workspaces[w].finetuned = model, test, clients[i].split().test).accuracy, global_acc);
     }
+    if (saved)
+      checkpoint->update([&](SettingProgress& sp) {
+        sp.clients[i] = s.clients[i];
+        sp.personalised[i] = true;
+      }, true);
     const int f = ++finished;
     std::lock_guard lock(progress_mutex);
     std::ostringstream l;
@@ -769,6 +832,15 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   // The personalised-FL baselines: each its own federation from the same initial model, with the setting's
   // sampler, aggregator and server optimizer; then every hosted client's personal model, evaluated.
   auto run_baseline = [&](const std::string& name, auto algorithm) {
+    if (saved && std::find(saved->baselines_done.begin(), saved->baselines_done.end(), name) !=
+                     saved->baselines_done.end())
+      return;  // its results are in s.clients already
+    const FederationConfig bfc =
+        checkpointed(fc, saved && saved->baseline == name ? saved->baseline_state : std::string(),
+                     [name](SettingProgress& sp, const std::string& state) {
+                       sp.baseline = name;
+                       sp.baseline_state = state;
+                     });
     M bmodel = initial;
     auto btransport = runtime.make_transport();
     std::vector<typename decltype(algorithm)::State> states;
@@ -780,7 +852,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     Strategy<UniformSampler, decltype(algorithm), AnyAggregator, AnyOptimizer<float>> strategy{
         UniformSampler(per_round_clients(o, opt_out)), algorithm, make_aggregator(aggregator_spec(o)),
         make_server_optimizer<float>(server_spec(o))};
-    (void)train_federated(bmodel, clients, btransport, fc, strategy, states, on_b);
+    (void)train_federated(bmodel, clients, btransport, bfc, strategy, states, on_b);
     states.resize(clients.size());
     parallel_for(hosted.size(), o.threads, [&](std::size_t h, std::size_t w) {
       const std::size_t i = hosted[h];
@@ -791,6 +863,13 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
       const double local_acc = evaluate(personal, test, clients[i].split().test).accuracy;
       s.clients[i].add(name, local_acc, evaluate(personal, test, global_test).accuracy);
     });
+    if (saved)
+      checkpoint->update([&](SettingProgress& sp) {
+        sp.clients = s.clients;
+        sp.baselines_done.push_back(name);
+        sp.baseline.clear();
+        sp.baseline_state.clear();
+      });
   };
   for (const std::string& name : o.methods) {
     if (name == "apfl") run_baseline(name, Apfl<AnyOptimizer<float>>(ApflConfig{local, 0.5, 1e-2, 5}, local_opt));
@@ -801,7 +880,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     if (name == "lg-fedavg") run_baseline(name, lg_fedavg(body_range(model, 2), local, local_opt));
   }
   if constexpr (requires { transport.gather_results(s.clients); }) transport.gather_results(s.clients);
-  s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  s.seconds = saved ? checkpoint->setting_seconds() : std::chrono::duration<double>(Clock::now() - start).count();
   return s;
 }
 
@@ -1213,7 +1292,8 @@ nlohmann::json data_json(const Options& o, const M& model, const G& gate, const 
 }
 
 template <class Runtime, class M, class G>
-int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentData data, Clock::time_point start) {
+int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentData data, Clock::time_point start,
+        SweepCheckpoint* checkpoint = nullptr) {
   const bool root = runtime.is_root();
   Dataset<float>& train = data.train;
   Dataset<float>& test = data.test;
@@ -1251,7 +1331,14 @@ int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentDat
   for (double out : o.opt_out)
     for (double p : o.p) {
       const double done = share * double(settings.size());
-      settings.push_back(run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share));
+      const std::size_t index = settings.size();
+      if (checkpoint && index < checkpoint->settings_done()) {
+        settings.push_back(checkpoint->load_setting<Setting>(index, p, out));
+      } else {
+        settings.push_back(
+            run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share, checkpoint, index));
+        if (checkpoint) checkpoint->finish_setting(index, settings.back());
+      }
       progress.done();
       const auto& s = settings.back();
       if (root) {
@@ -1308,6 +1395,21 @@ inline void add_options(CLI::App& app, Options& o) {
                "the paper's protocol: 100 clients, p 0.2..1.0, opt-out 0/0.5/0.9, full global test, 1000-round cap");
 }
 
+/// Every flag that can change a result, by name, with its value (after --full): what a checkpoint must
+/// agree on. Not: --threads (results are the same for any count), the outputs and the checkpoint flags.
+inline nlohmann::json result_flags(const Options& o) {
+  nlohmann::json flags = nlohmann::json::object();
+  for_each_flag(o, [&](const char* name, const auto& value, const auto&, const std::string&) {
+    const std::string n = name;
+    for (const char* skip : {"--threads", "--json", "--csv", "--plot", "--gate-plot", "--checkpoint", "--resume",
+                             "--checkpoint-every"})
+      if (n == skip) return;
+    flags[n] = value;
+  });
+  flags["--secure-aggregation"] = o.secure_aggregation;
+  return flags;
+}
+
 /// --full: the paper's protocol.
 inline void apply_full(Options& o) {
   if (!o.full) return;
@@ -1337,6 +1439,16 @@ int run_experiment(const Runtime& runtime, const Options& o) {
                 << fashion_mnist_dir << "), or pass --data DIR.\n";
     return 2;
   }
+  // --checkpoint / --resume: the directory is checked (and a checkpoint read and compared) before any work.
+  std::optional<SweepCheckpoint> checkpoint;
+  if (!o.checkpoint.empty() || !o.resume.empty()) {
+    if constexpr (requires { Runtime::checkpoints; })
+      checkpoint.emplace(o.resume.empty() ? o.checkpoint : o.resume, !o.resume.empty(), result_flags(o), o.clients);
+    else
+      FEDMOE_FAIL("fedmoe-paper-mpi: --checkpoint and --resume are not supported over MPI (each process holds only ",
+                  "its own clients' states); run fedmoe-paper for a resumable sweep");
+  }
+  SweepCheckpoint* ck = checkpoint ? &*checkpoint : nullptr;
   const auto start = Clock::now();
   ExperimentData data = load_data(o);
   check_model_shape(o, data.train);
@@ -1345,12 +1457,12 @@ int run_experiment(const Runtime& runtime, const Options& o) {
   const Shape shape = data.train.shape;
   const Index classes = data.train.classes;
   if (o.model == "cnn" && shape == cifar_shape)
-    return run(runtime, o, cifar_cnn<float>(classes), cifar_cnn_gate<float>(), std::move(data), start);
+    return run(runtime, o, cifar_cnn<float>(classes), cifar_cnn_gate<float>(), std::move(data), start, ck);
   if (o.model == "cnn")
     return run(runtime, o, fashion_cnn<float>(classes, o.dropout), fashion_cnn_gate<float>(o.dropout),
-               std::move(data), start);
+               std::move(data), start, ck);
   return run(runtime, o, mlp<float>(shape, classes, 200, o.dropout), mlp_gate<float>(shape, 200, o.dropout),
-             std::move(data), start);
+             std::move(data), start, ck);
 }
 
 }  // namespace fedmoe_paper
