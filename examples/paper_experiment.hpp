@@ -643,9 +643,15 @@ struct Setting {
   FederationResult fed;
   std::vector<ClientResult> clients;
   double seconds = 0;
+  /// Where the time went (timing, not results): wall seconds of the federation's rounds and checks, the
+  /// personalisation and each baseline; the personalisation's phases in seconds summed over the clients
+  /// (CPU time across the threads); and how many clients reused a specialist trained in an earlier setting.
+  PhaseTimes wall, personal;
+  Index specialists_reused = 0;
   template <class Ar>
   void serialize(Ar& ar) {  // paper_checkpoint.hpp
     ar("p", p)("opt_out", opt_out)("fed", fed)("clients", clients)("seconds", seconds);
+    ar("wall", wall.phases)("personal", personal.phases)("specialists_reused", specialists_reused);
   }
 };
 
@@ -673,9 +679,10 @@ private:
 template <class Runtime, class M, class G>
 Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<float>& train, const Dataset<float>& test,
                     std::span<const Index> global_test, double p, double opt_out, M model, G gate, Progress& progress,
-                    double done_before, double share, SweepCheckpoint* checkpoint = nullptr, std::size_t index = 0) {
+                    double done_before, double share, SweepCheckpoint* checkpoint = nullptr, std::size_t index = 0,
+                    std::vector<TrainedSpecialist<float>>* specialists = nullptr) {
   const auto start = Clock::now();
-  Setting s{p, opt_out, {}, {}, 0};
+  Setting s{p, opt_out, {}, {}, 0, {}, {}, 0};
   // With --checkpoint / --resume: how far this setting got (a fresh one, or the saved one when resuming).
   SettingProgress* saved = checkpoint ? &checkpoint->begin_setting(index) : nullptr;
   Partition part = make_partition(o, train, test, p);
@@ -767,6 +774,8 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     else if (o.strategy == "scaffold") s.fed = federate(Scaffold<float>(o.scaffold_lr, local));
     else s.fed = federate(LocalTraining<AnyOptimizer<float>>(local, local_opt));
     fc = main_fc;  // the baselines' federations checkpoint on their own
+    s.wall.add("federation_rounds", s.fed.round_seconds);
+    s.wall.add("validation_checks", s.fed.check_seconds);
     if (saved)
       checkpoint->update([&](SettingProgress& sp) {
         sp.fed = s.fed;
@@ -796,6 +805,9 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   std::vector<PersonalWorkspace<M, G>> workspaces(o.threads, PersonalWorkspace<M, G>(model, gate));
   std::atomic<int> finished{0};
   std::mutex progress_mutex;
+  std::vector<PhaseTimes> client_times(clients.size());
+  std::vector<char> reused(clients.size(), 0);
+  auto personalisation_clock = Clock::now();
   std::vector<std::size_t> hosted;
   for (std::size_t i = 0; i < clients.size(); ++i)
     if (transport_owns(transport, clients[i].id())) hosted.push_back(i);
@@ -810,7 +822,10 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
       return;
     }
     if (personalise) {
-      s.clients[i] = personalize(clients[i], model, workspaces[w], test, global_test, pc, global_acc);
+      TrainedSpecialist<float>* cached = specialists ? &(*specialists)[i] : nullptr;
+      reused[i] = cached && cached->parameters.size() > 0;
+      s.clients[i] = personalize(clients[i], model, workspaces[w], test, global_test, pc, global_acc, cached,
+                                 &client_times[i]);
     } else {  // the global model alone: its local-test accuracy, nothing trained
       ClientResult& r = s.clients[i];
       r.client = clients[i].id();
@@ -829,12 +844,19 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
     progress.line(l.str(), done_before + share * (0.4 + 0.6 * f / double(hosted.size())));
   });
 
+  fedmoe::detail::lap(&s.wall, "personalisation", personalisation_clock);
+  for (std::size_t i = 0; i < clients.size(); ++i) {
+    s.personal.add(client_times[i]);
+    s.specialists_reused += reused[i];
+  }
+
   // The personalised-FL baselines: each its own federation from the same initial model, with the setting's
   // sampler, aggregator and server optimizer; then every hosted client's personal model, evaluated.
   auto run_baseline = [&](const std::string& name, auto algorithm) {
     if (saved && std::find(saved->baselines_done.begin(), saved->baselines_done.end(), name) !=
                      saved->baselines_done.end())
       return;  // its results are in s.clients already
+    auto baseline_clock = Clock::now();
     const FederationConfig bfc =
         checkpointed(fc, saved && saved->baseline == name ? saved->baseline_state : std::string(),
                      [name](SettingProgress& sp, const std::string& state) {
@@ -863,6 +885,7 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
       const double local_acc = evaluate(personal, test, clients[i].split().test).accuracy;
       s.clients[i].add(name, local_acc, evaluate(personal, test, global_test).accuracy);
     });
+    fedmoe::detail::lap(&s.wall, name, baseline_clock);
     if (saved)
       checkpoint->update([&](SettingProgress& sp) {
         sp.clients = s.clients;
@@ -882,6 +905,41 @@ Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<floa
   if constexpr (requires { transport.gather_results(s.clients); }) transport.gather_results(s.clients);
   s.seconds = saved ? checkpoint->setting_seconds() : std::chrono::duration<double>(Clock::now() - start).count();
   return s;
+}
+
+/// One line of where a setting's time went: "time: federation_rounds 2.1 s, validation_checks 0.3 s,
+/// personalisation 4.0 s (summed over clients: specialist 2.2 s, ...; 20 specialists reused), ditto 1.1 s".
+inline std::string timing_line(const Setting& s) {
+  std::ostringstream l;
+  l << std::fixed << std::setprecision(1) << "time:";
+  const char* sep = " ";
+  for (const auto& [name, seconds] : s.wall.phases) {
+    l << sep << name << " " << seconds << " s";
+    if (name == "personalisation" && !s.personal.phases.empty()) {
+      l << " (summed over clients:";
+      const char* inner = " ";
+      for (const auto& [phase, t] : s.personal.phases) {
+        l << inner << phase << " " << t << " s";
+        inner = ", ";
+      }
+      l << "; " << s.specialists_reused << " specialists reused)";
+    }
+    sep = ", ";
+  }
+  return l.str();
+}
+
+/// The JSON `timing.settings` entry of a setting (see Setting::wall).
+inline nlohmann::json setting_timing_json(const Setting& s) {
+  nlohmann::json wall = nlohmann::json::object(), personal = nlohmann::json::object();
+  for (const auto& [name, seconds] : s.wall.phases) wall[name] = seconds;
+  for (const auto& [name, seconds] : s.personal.phases) personal[name] = seconds;
+  return nlohmann::json{{"p", s.p},
+                        {"opt_out", s.opt_out},
+                        {"seconds", s.seconds},
+                        {"wall_seconds", wall},
+                        {"personalisation_seconds_summed_over_clients", personal},
+                        {"specialists_reused", s.specialists_reused}};
 }
 
 /// Mean over clients of every finite value of a metric (NaN where no client has a finite one).
@@ -1069,6 +1127,9 @@ std::string json_text(const Runtime& runtime, const Options& o, const std::vecto
   for (const auto& r : rows) (r.group == "all" ? results : groups).push_back(row_json(r));
   for (const auto& s : settings) federation.push_back(federation_json(o, s));
   json timing{{"total_seconds", total_seconds}, {"peak_rss_mib", double(peak_kib) / 1024}, {"threads", o.threads}};
+  json per_setting = json::array();
+  for (const auto& s : settings) per_setting.push_back(setting_timing_json(s));
+  timing["settings"] = std::move(per_setting);
   runtime.json_timing(timing);
   json doc{{"config", config_json(o)}, {"results", results}, {"groups", groups},
            {"federation", federation}, {"timing", timing}};
@@ -1328,15 +1389,18 @@ int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentDat
   std::vector<Setting> settings;
   std::vector<Row> rows;
   const double share = 1.0 / double(o.p.size() * o.opt_out.size());
-  for (double out : o.opt_out)
-    for (double p : o.p) {
+  // p outer: the settings of one p share every client's data, so each specialist is trained once per p
+  // (in the first opt-out setting) and reused in the others (TrainedSpecialist).
+  for (double p : o.p) {
+    std::vector<TrainedSpecialist<float>> specialists(std::size_t(o.clients));
+    for (double out : o.opt_out) {
       const double done = share * double(settings.size());
       const std::size_t index = settings.size();
       if (checkpoint && index < checkpoint->settings_done()) {
         settings.push_back(checkpoint->load_setting<Setting>(index, p, out));
       } else {
-        settings.push_back(
-            run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done, share, checkpoint, index));
+        settings.push_back(run_setting(runtime, o, train, test, global_test, p, out, model, gate, progress, done,
+                                       share, checkpoint, index, &specialists));
         if (checkpoint) checkpoint->finish_setting(index, settings.back());
       }
       progress.done();
@@ -1346,6 +1410,7 @@ int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentDat
         std::cerr << "p=" << p << " opt-out=" << out << ": " << o.strategy << " " << s.fed.rounds << " rounds ("
                   << (selection.on_validation ? "best round " + std::to_string(selection.round) : selection.how)
                   << "), " << std::fixed << std::setprecision(1) << s.seconds << "s\n" << std::defaultfloat;
+        std::cerr << "  " << timing_line(s) << "\n";
       }
       if (root && s.fed.privacy)
         std::cerr << "  DP: epsilon " << std::setprecision(4) << s.fed.privacy->epsilon << " at delta "
@@ -1357,6 +1422,7 @@ int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentDat
       if (root)  // the other processes of an MPI run hold only their own clients' results
         for (auto& r : summarise(o, s)) rows.push_back(r);
     }
+  }
   const double total = std::chrono::duration<double>(Clock::now() - start).count();
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

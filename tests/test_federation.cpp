@@ -455,6 +455,48 @@ TEST_CASE("personalize with the same seed gives an identical ClientResult", "[fe
   CHECK_FALSE(same_vector(gc, ga));
 }
 
+TEST_CASE("a reused specialist gives bitwise the results of one trained afresh, and personalize times its phases",
+          "[federated]") {
+  // The specialist depends on the client's data and the seed only: two different global models (two
+  // settings of a sweep at one p) share it.
+  const SmallFederation f(4, {});
+  Mlp<float> first = f.model(), second = f.model();
+  InProcessTransport<float> transport;
+  train_small(first, f.clients, transport, small_config(2, 2));
+  train_small(second, f.clients, transport, small_config(3, 3));
+  REQUIRE_FALSE(same_vector(first.parameters(), second.parameters()));
+  const std::vector<Index> global_test = iota_indices(f.test.size());
+  PersonalizeConfig pc = small_personalize_config();
+  pc.methods = {"global", "specialist", "finetuned", "mixture", "mixture-stacked3"};
+  PersonalWorkspace ws(f.model(100), f.gate());
+  TrainedSpecialist<float> cache;
+  PhaseTimes times;
+  (void)personalize(f.clients[1], first, ws, f.test, global_test, pc, 0.5, &cache, &times);
+  REQUIRE(cache.parameters.size() == first.num_params());
+  CHECK(same_vector(cache.parameters, ws.specialist.parameters()));
+  CHECK(cache.fit.epochs > 0);
+  std::vector<std::string> phases;
+  for (const auto& [name, seconds] : times.phases) {
+    phases.push_back(name);
+    CHECK(seconds >= 0);
+  }
+  CHECK(phases == std::vector<std::string>{"specialist", "finetuned", "mixture", "held_out_gates", "evaluation"});
+  CHECK(times["specialist"] > 0);
+
+  PersonalWorkspace fresh_ws(f.model(200), f.gate());
+  const ClientResult fresh = personalize(f.clients[1], second, fresh_ws, f.test, global_test, pc, 0.5);
+  const TrainedSpecialist<float> before = cache;
+  PersonalWorkspace reuse_ws(f.model(300), f.gate());
+  const ClientResult reused = personalize(f.clients[1], second, reuse_ws, f.test, global_test, pc, 0.5, &cache);
+  CHECK(reused == fresh);  // every method, accuracy, metric and series, bitwise
+  CHECK(same_vector(cache.parameters, before.parameters));  // a filled cache is only read
+  CHECK(same_vector(reuse_ws.specialist.parameters(), fresh_ws.specialist.parameters()));
+  // A cache from another architecture is refused, not resized.
+  TrainedSpecialist<float> wrong{Vector<float>::Zero(3), {}};
+  CHECK_THROWS_WITH(personalize(f.clients[1], second, reuse_ws, f.test, global_test, pc, 0.5, &wrong),
+                    Contains("reused specialist of " + std::to_string(first.num_params())) && Contains("got 3"));
+}
+
 TEST_CASE("personalize rejects an expert workspace of another size instead of resizing it", "[federated]") {
   const SmallFederation f(2, {});
   Mlp<float> model = f.model();

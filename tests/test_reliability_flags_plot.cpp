@@ -105,7 +105,7 @@ TEST_CASE("a plot without gnuplot fails before any work", "[reliability][paper]"
 TEST_CASE("without validation data the JSON says the last round was kept, not best_round 0", "[reliability][paper]") {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   Options o;
-  Setting s{0.5, 0.5, {}, {}, 1.0};
+  Setting s{0.5, 0.5, {}, {}, 1.0, {}, {}, 0};
   s.fed.rounds = 100;  // what train_federated returns without validation data: every round, nothing selected
   s.fed.val_history = {{0, nan}, {20, nan}, {40, nan}, {60, nan}, {80, nan}, {100, nan}};
   o.n_val = 0;

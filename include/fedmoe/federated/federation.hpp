@@ -38,6 +38,7 @@
 /// with an epsilon budget, stops before the first round that would exceed it. The guarantee covers the
 /// model updates; the validation losses that early stopping uses are not privatised: set
 /// `select_on_validation = false` (keep the last model, no early stopping) for a fully private result.
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <vector>
@@ -155,6 +156,9 @@ struct FederationResult {
   std::vector<std::pair<int, double>> val_history;  ///< (round, validation loss) at each check
   std::vector<RoundRecord> history;  ///< one record per round (received/rejected/...: on the server process)
   std::optional<PrivacySpent> privacy;  ///< set by a DP run
+  /// Wall-clock seconds this process spent in the rounds and in the validation checks (not saved in a
+  /// checkpoint: after a resume, the resumed part only). Timing, not a result: never compare it.
+  double round_seconds = 0, check_seconds = 0;
   template <class Ar>
   void serialize(Ar& ar) {
     ar("rounds", rounds)("best_round", best_round)("best_val_loss", best_val_loss);
@@ -208,7 +212,11 @@ public:
 
   /// Every round until max_rounds or early stopping; the best global model goes to `global_model`.
   FederationResult run(M& global_model, const FederationProgress& progress) {
-    if (m_next_round == 1 && !m_done) check(0);
+    if (m_next_round == 1 && !m_done) {
+      auto clock = std::chrono::steady_clock::now();
+      check(0);
+      m_result.check_seconds += seconds_since(clock);
+    }
     const int every = m_config.checkpoint.every;
     for (int round = m_next_round; !m_done && round <= m_config.max_rounds; ++round) {
       if constexpr (is_private)
@@ -216,10 +224,13 @@ public:
           m_result.privacy->budget_stop_round = round - 1;
           break;
         }
+      auto clock = std::chrono::steady_clock::now();
       train_round(round);
+      m_result.round_seconds += seconds_since(clock);
       m_result.rounds = round;
       const bool validate = round % m_config.check_every == 0 || round == m_config.max_rounds;
       m_done = validate && check(round);
+      m_result.check_seconds += seconds_since(clock);
       m_next_round = round + 1;
       if (progress) progress(round, m_config.max_rounds, m_result.val_history.back().second);
       if (every > 0 && !m_done && round % every == 0 && round < m_config.max_rounds) save(round, false);
@@ -269,6 +280,14 @@ private:
   static_assert(!(is_private && requires { T::aggregates_securely; }),
                 "train_federated: differential privacy (DpMean) cannot be combined with secure aggregation: the "
                 "server only sees the sum, so it cannot clip the clients' updates (distributed DP is not implemented)");
+
+  /// Seconds since `start`, which is reset to now.
+  static double seconds_since(std::chrono::steady_clock::time_point& start) {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - start).count();
+    start = now;
+    return s;
+  }
 
   std::vector<std::size_t> all_clients() const {
     std::vector<std::size_t> all(m_clients.size());

@@ -26,6 +26,7 @@
 /// `gate_hist_other` of that weight on the global test set (gate_histogram_bins bins over [0, 1]).
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -108,6 +109,49 @@ struct PersonalizeConfig {
   }
   bool wants(std::string_view m) const { return std::find(methods.begin(), methods.end(), m) != methods.end(); }
 };
+
+/// A client's trained specialist, kept by the caller to reuse in every setting that shares the client's
+/// data. The specialist depends only on the client's data split, the seed and the specialist's fit
+/// configuration (lr_specialist, fit): not on the federation, the opt-out set or the global model. A
+/// sweep over opt-out fractions at one p can therefore train each specialist once; the reused one is
+/// bitwise the one personalize() would train. The caller guarantees that the client and those settings
+/// are the same.
+template <class S>
+struct TrainedSpecialist {
+  Vector<S> parameters;  ///< empty: not trained yet (personalize() fills it)
+  FitResult fit;
+};
+
+/// Seconds spent per phase, by name, in the order first seen (personalize(): specialist, finetuned,
+/// mixture, held_out_gates, evaluation; callers add their own phases).
+struct PhaseTimes {
+  std::vector<std::pair<std::string, double>> phases;
+  void add(std::string_view name, double seconds) {
+    for (auto& [n, s] : phases)
+      if (n == name) {
+        s += seconds;
+        return;
+      }
+    phases.emplace_back(std::string(name), seconds);
+  }
+  void add(const PhaseTimes& other) {
+    for (const auto& [n, s] : other.phases) add(n, s);
+  }
+  double operator[](std::string_view name) const {
+    for (const auto& [n, s] : phases)
+      if (n == name) return s;
+    return 0;
+  }
+};
+
+namespace detail {
+/// Adds the seconds since `start` to `times[name]` (if given) and restarts the clock.
+inline void lap(PhaseTimes* times, std::string_view name, std::chrono::steady_clock::time_point& start) {
+  const auto now = std::chrono::steady_clock::now();
+  if (times) times->add(name, std::chrono::duration<double>(now - start).count());
+  start = now;
+}
+}  // namespace detail
 
 /// The models one personalisation trains (every thread keeps one, reused across clients): copies of
 /// the global architecture M and of the paper's gate G.
@@ -254,10 +298,16 @@ FitResult fit_mixture(Mix& mix, const Dataset<typename Mix::scalar_type>& data, 
 /// client). `global_model` holds the final global parameters (read only); `ws` is the calling thread's
 /// workspace (its parameters are overwritten). `global_model_global_acc`: the global model's accuracy on
 /// the global test set (the same for every client, computed once by the caller).
+///
+/// `specialist` (optional): the client's TrainedSpecialist from an earlier setting with the same data,
+/// used instead of training one; when it is empty, the specialist trained here is stored in it.
+/// `times` (optional): the seconds of each phase are added to it.
 template <Model M, Model G, class S = typename M::scalar_type>
 ClientResult personalize(const Client<S>& client, const M& global_model, PersonalWorkspace<M, G>& ws,
                          const Dataset<S>& test_data, std::span<const Index> global_test_idx,
-                         const PersonalizeConfig& config, const double global_model_global_acc) {
+                         const PersonalizeConfig& config, const double global_model_global_acc,
+                         TrainedSpecialist<S>* specialist = nullptr, PhaseTimes* times = nullptr) {
+  auto clock = std::chrono::steady_clock::now();
   config.validate();
   for (const M* m : {&ws.specialist, &ws.finetuned, &ws.expert})
     FEDMOE_CHECK(m->num_params() == global_model.num_params(), "personalize: expected a workspace of ",
@@ -280,18 +330,26 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
                        (wants("mixture") && config.expert_init == ExpertInit::finetuned);
   FitResult spec_fit, ft_fit, mix_fit, heldout_fit, stacked_fit, stacked3_fit, shift_fit;
 
-  if (need_spec) {  // from scratch, local data only
+  if (need_spec && specialist && specialist->parameters.size() > 0) {  // trained in an earlier setting
+    FEDMOE_CHECK(specialist->parameters.size() == ws.specialist.num_params(), "personalize: expected a reused ",
+                 "specialist of ", ws.specialist.num_params(), " parameters, got ", specialist->parameters.size());
+    ws.specialist.parameters() = specialist->parameters;
+    spec_fit = specialist->fit;
+  } else if (need_spec) {  // from scratch, local data only
     Rng rng = rng_for(1);
     ws.specialist.init(rng);
     Adam<S> opt(config.lr_specialist);
     spec_fit = fit(ws.specialist, opt, train_data, split.train, split.val, config.fit, rng);
+    if (specialist) *specialist = TrainedSpecialist<S>{ws.specialist.parameters(), spec_fit};
   }
+  detail::lap(times, "specialist", clock);
   if (need_ft) {  // the global model trained further on local data
     Rng rng = rng_for(2);
     ws.finetuned.parameters() = global.parameters();
     Adam<S> opt(config.lr_finetune);
     ft_fit = fit(ws.finetuned, opt, train_data, split.train, split.val, config.fit, rng);
   }
+  detail::lap(times, "finetuned", clock);
 
   // The paper's mixture: gate from scratch; specialist expert from the fine-tuned model or from scratch.
   Mixture joint(ws.gate, ws.expert, global);
@@ -305,6 +363,7 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
                                                                            : config.lr_specialist;
     mix_fit = fit_mixture(joint, train_data, split.train, split.val, config.fit, config.lr_gate, lr_expert, rng);
   }
+  detail::lap(times, "mixture", clock);
 
   // Held-out gates: the validation data in two halves (a seeded split), the experts frozen.
   ProbabilityGate<ModelRef<G>> heldout_adapter{ModelRef<G>(ws.heldout_gate)};
@@ -353,6 +412,7 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
     if (wants("mixture-stacked3")) stacked3_fit = fit_frozen(stacked3, 7, ws.specialist, ws.finetuned, global);
     if (wants("mixture-shift")) shift_fit = fit_frozen(shift, 8, ws.finetuned, global);
   }
+  detail::lap(times, "held_out_gates", clock);
 
   // Evaluation, in chunks: every frozen expert's log-probabilities once per chunk, shared by the methods.
   constexpr std::size_t n_methods = std::size(personal_methods);
@@ -421,6 +481,7 @@ ClientResult personalize(const Client<S>& client, const M& global_model, Persona
     out.set_series("gate_hist_majority", detail::histogram(glob.t[m].scores, majority, true));
     out.set_series("gate_hist_other", detail::histogram(glob.t[m].scores, majority, false));
   }
+  detail::lap(times, "evaluation", clock);
   return r;
 }
 
