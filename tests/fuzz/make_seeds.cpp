@@ -145,6 +145,14 @@ int main(int argc, char** argv) {
     }
   }
 
+  Corpus state(root, "state");  // every save of each strategy's small federation (small_net.hpp)
+  for (unsigned kind = 0; kind < 2; ++kind) {
+    std::vector<std::string> saves;
+    fedmoe::fuzz::run_small_federation(kind, &saves, "");
+    for (const std::string& s : saves)
+      for (unsigned crc_fix : {0u, 1u}) state.add(std::string(1, char((kind << 1) | crc_fix)) + s);
+  }
+
   Corpus frames(root, "frame");
   {
     using fedmoe::FrameKind;
