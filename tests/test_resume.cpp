@@ -185,19 +185,16 @@ TEST_CASE("A federation resumed from any saved state ends bitwise as the uninter
   const Blobs b(10);
   const LocalUpdateConfig local{1, 10};
 
-  SECTION("FedAdam (server optimizer state), coordinate median, early stopping that stops the run") {
+  SECTION("server Adam (optimizer state), coordinate median, early stopping that stops the run") {
+    // Concrete types here (fedmoe-paper's AnyAggregator / AnyOptimizer are resumed by tests/resume/).
     FederationConfig cfg = config(40, 2);
-    check_exact_resume(b, cfg, [&] {
-      return Strategy<UniformSampler, LocalTraining<Adam<float>>, AnyAggregator, AnyOptimizer<float>>{
-          UniformSampler(4), LocalTraining<Adam<float>>(local, Adam<float>(1e-2)), make_aggregator({.name = "median"}),
-          make_server_optimizer<float>({.name = "fedadam", .lr = 3e-2})};
-    });
-    const Outcome o = run(b, cfg, [&] {
-      return Strategy<UniformSampler, LocalTraining<Adam<float>>, AnyAggregator, AnyOptimizer<float>>{
-          UniformSampler(4), LocalTraining<Adam<float>>(local, Adam<float>(1e-2)), make_aggregator({.name = "median"}),
-          make_server_optimizer<float>({.name = "fedadam", .lr = 3e-2})};
-    }, nullptr);
-    CHECK(o.result.rounds < 40);  // early stopping did stop it: the resumed runs had to know
+    const auto make = [&] {
+      return Strategy<UniformSampler, LocalTraining<Adam<float>>, CoordinateMedian, Adam<float>>{
+          UniformSampler(4), LocalTraining<Adam<float>>(local, Adam<float>(1e-2)), CoordinateMedian{},
+          Adam<float>(3e-2)};
+    };
+    check_exact_resume(b, cfg, make);
+    CHECK(run(b, cfg, make, nullptr).result.rounds < 40);  // early stopping did stop it: the resumed runs had to know
   }
   SECTION("SCAFFOLD (server and client control variates) with attackers and failures") {
     FederationConfig cfg = config(10);
