@@ -30,13 +30,9 @@ void restore_and_step(std::istream& in, Optimizer opt) {
 
 FEDMOE_FUZZ_TARGET {
   if (size < 1) return 0;
-  const unsigned mode = data[0];
-  std::string file(reinterpret_cast<const char*>(data + 1), size - 1);
-  if ((mode & 1u) && file.size() >= 4) {
-    const std::uint32_t crc = fedmoe::fuzz::crc32_of(file.data(), file.size() - 4);
-    for (int i = 0; i < 4; ++i) file[file.size() - 4 + std::size_t(i)] = char((crc >> (8 * i)) & 0xff);
-  }
-  std::istringstream in(file);
+  const fedmoe::fuzz::ModeAndFile input = fedmoe::fuzz::mode_and_file(data, size);
+  const unsigned mode = input.mode;
+  std::istringstream in(input.file);
   return fedmoe::fuzz::expect_clean_error([&] {
     switch ((mode >> 1) & 3u) {
       case 0: {

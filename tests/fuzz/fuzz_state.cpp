@@ -13,12 +13,9 @@
 
 FEDMOE_FUZZ_TARGET {
   if (size < 1) return 0;
-  const unsigned mode = data[0];
-  std::string file(reinterpret_cast<const char*>(data + 1), size - 1);
-  if ((mode & 1u) && file.size() >= 4) {
-    const std::uint32_t crc = fedmoe::fuzz::crc32_of(file.data(), file.size() - 4);
-    for (int i = 0; i < 4; ++i) file[file.size() - 4 + std::size_t(i)] = char((crc >> (8 * i)) & 0xff);
-  }
+  const fedmoe::fuzz::ModeAndFile input = fedmoe::fuzz::mode_and_file(data, size);
+  const unsigned mode = input.mode;
+  const std::string& file = input.file;
   if (file.empty()) return 0;  // an empty resume state means "start afresh": not a parse
   return fedmoe::fuzz::expect_clean_error([&] { fedmoe::fuzz::run_small_federation(mode >> 1, nullptr, file); });
 }

@@ -107,4 +107,20 @@ inline std::uint32_t crc32_of(const void* p, std::size_t n) {
   return std::uint32_t(::crc32_z(::crc32_z(0L, Z_NULL, 0), static_cast<const Bytef*>(p), n));
 }
 
+/// An input of a checksummed format: one mode byte, then the file. With mode bit 0 set the file's last 4
+/// bytes are replaced by the CRC-32 of the bytes before them (little-endian, as the format stores it), so
+/// mutations get past the checksum to the checks behind it.
+struct ModeAndFile {
+  unsigned mode = 0;
+  std::string file;
+};
+inline ModeAndFile mode_and_file(const std::uint8_t* data, std::size_t size) {
+  ModeAndFile in{data[0], std::string(reinterpret_cast<const char*>(data + 1), size - 1)};
+  if ((in.mode & 1u) && in.file.size() >= 4) {
+    const std::uint32_t crc = crc32_of(in.file.data(), in.file.size() - 4);
+    for (int i = 0; i < 4; ++i) in.file[in.file.size() - 4 + std::size_t(i)] = char((crc >> (8 * i)) & 0xff);
+  }
+  return in;
+}
+
 }  // namespace fedmoe::fuzz

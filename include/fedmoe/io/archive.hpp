@@ -64,6 +64,30 @@ inline constexpr bool is_vector_of_scalars =
     std::same_as<T, Vector<float>> || std::same_as<T, Vector<double>>;
 template <class T>
 concept IntegerField = (std::integral<T> || std::is_enum_v<T>) && sizeof(T) <= 8;
+/// The record names of an archive: fields nest under their parent's name, joined by '.'.
+class ArchiveNames {
+protected:
+  /// While alive, the fields recorded are named under `name`.
+  class Scope {
+  public:
+    Scope(ArchiveNames& a, std::string_view name) : m_a(a), m_saved(a.m_prefix) { a.m_prefix = a.full(name); }
+    ~Scope() { m_a.m_prefix = std::move(m_saved); }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+  private:
+    ArchiveNames& m_a;
+    std::string m_saved;
+  };
+  static std::string join(std::string_view a, std::string_view b) { return std::string(a) + "." + std::string(b); }
+  std::string full(std::string_view name) const {
+    return m_prefix.empty() ? std::string(name) : m_prefix + "." + std::string(name);
+  }
+
+private:
+  std::string m_prefix;
+};
+
 template <class T>
 constexpr std::uint32_t state_dtype() {
   if constexpr (std::same_as<T, float>) return ser_float32;
@@ -74,7 +98,7 @@ constexpr std::uint32_t state_dtype() {
 }  // namespace detail
 
 /// Records the fields handed to it; `bytes()` is the complete file.
-class StateWriter {
+class StateWriter : detail::ArchiveNames {
 public:
   static constexpr bool loading = false;
 
@@ -152,19 +176,6 @@ public:
   }
 
 private:
-  class Scope {
-  public:
-    Scope(StateWriter& w, std::string_view name) : m_w(w), m_saved(w.m_prefix) { w.m_prefix = w.full(name); }
-    ~Scope() { m_w.m_prefix = std::move(m_saved); }
-
-  private:
-    StateWriter& m_w;
-    std::string m_saved;
-  };
-  static std::string join(std::string_view a, std::string_view b) { return std::string(a) + "." + std::string(b); }
-  std::string full(std::string_view name) const {
-    return m_prefix.empty() ? std::string(name) : m_prefix + "." + std::string(name);
-  }
   template <class T>
   void record(std::string_view name, const std::vector<Index>& dims, const T* data) {
     m_writer.record(full(name), dims, data);
@@ -175,11 +186,10 @@ private:
   std::ostringstream m_body;
   detail::SerWriter m_writer;  // its CRC is unused: bytes() checksums header and body together
   std::uint64_t m_records = 0;
-  std::string m_prefix;
 };
 
 /// Reads fields back in the order a StateWriter recorded them, checking each record.
-class StateReader {
+class StateReader : detail::ArchiveNames {
 public:
   static constexpr bool loading = true;
 
@@ -291,20 +301,6 @@ public:
   }
 
 private:
-  class Scope {
-  public:
-    Scope(StateReader& r, std::string_view name) : m_r(r), m_saved(r.m_prefix) { r.m_prefix = r.full(name); }
-    ~Scope() { m_r.m_prefix = std::move(m_saved); }
-
-  private:
-    StateReader& m_r;
-    std::string m_saved;
-  };
-  static std::string join(std::string_view a, std::string_view b) { return std::string(a) + "." + std::string(b); }
-  std::string full(std::string_view name) const {
-    return m_prefix.empty() ? std::string(name) : m_prefix + "." + std::string(name);
-  }
-
   const detail::SerRecord& next(std::string_view name, std::uint32_t dtype, std::size_t rank) {
     const std::string want = full(name);
     FEDMOE_CHECK(m_next < m_file.records.size(), m_who, ": expected record ", m_next, " '", want,
@@ -328,7 +324,6 @@ private:
   detail::SerFile m_file;
   Index m_parameters;
   std::size_t m_next = 0;
-  std::string m_prefix;
 };
 
 /// The stages of save_state_file, for fault-injection tests (a crash after each must lose nothing).
