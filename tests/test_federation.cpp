@@ -98,10 +98,7 @@ PersonalizeConfig small_personalize_config() {
   return pc;
 }
 
-template <class S>
-bool same_vector(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() && (a.array() == b.array()).all();
-}
+using test::same_vector;
 
 std::vector<Index> iota_indices(Index n) {
   std::vector<Index> v(static_cast<std::size_t>(n));
@@ -409,6 +406,76 @@ TEST_CASE("train_federated is bitwise identical for any thread count", "[federat
   // The seed does matter (so equality above is not vacuous).
   CHECK_FALSE(same_vector(run(1, 4).first, p1));
   CHECK_FALSE(same_vector(p1, f.model().parameters()));
+}
+
+namespace {
+/// A transport of a process that is not the server and hosts the odd clients (its roles are what
+/// AnyTransport must forward), with no protocol messages.
+struct OddClientsTransport {
+  InProcessTransport<float> inner;
+  void broadcast(const Vector<float>& g, const std::vector<Vector<float>>& e = {}) { inner.broadcast(g, e); }
+  const Vector<float>& global() const { return inner.global(); }
+  const std::vector<Vector<float>>& extras() const { return inner.extras(); }
+  void upload(ClientUpdate<float> u) { inner.upload(std::move(u)); }
+  std::vector<ClientUpdate<float>> collect() { return inner.collect(); }
+  void report(const ValidationReport& r) { inner.report(r); }
+  std::vector<ValidationReport> collect_reports() { return inner.collect_reports(); }
+  bool is_server() const { return false; }
+  bool owns(std::int64_t client) const { return client % 2 == 1; }
+  double share(double v) { return v + 1; }
+  void gather_results(std::vector<ClientResult>& results) { results.resize(3); }
+};
+}  // namespace
+
+TEST_CASE("AnyTransport runs a federation bitwise as the transport it wraps, and forwards roles and messages",
+          "[federated]") {
+  const SmallFederation f(7, {5});
+  const SmallConfig cfg = small_config(4, 4, 2);
+  Mlp<float> direct_model = f.model();
+  int direct_uploads = 0;
+  InProcessTransport<float> direct([&](const ClientUpdate<float>&) { ++direct_uploads; });
+  const FederationResult direct_result = train_small(direct_model, f.clients, direct, cfg);
+
+  Mlp<float> any_model = f.model();
+  int any_uploads = 0;
+  AnyTransport<float> any(std::in_place_type<InProcessTransport<float>>,
+                          [&](const ClientUpdate<float>&) { ++any_uploads; });
+  const FederationResult any_result = train_small(any_model, f.clients, any, cfg);
+  CHECK(any_uploads == direct_uploads);
+  CHECK(any_uploads == 4 * 4);  // the wrapped transport carried every upload
+  CHECK(same_vector(any_model.parameters(), direct_model.parameters()));
+  CHECK(any_result.val_history == direct_result.val_history);
+  CHECK_FALSE(same_vector(any_model.parameters(), f.model().parameters()));
+
+  // An in-process transport's roles are transport.hpp's defaults; another's are its own.
+  CHECK(any.is_server());
+  CHECK(any.owns(0));
+  CHECK(any.share(2.5) == 2.5);
+  AnyTransport<float> odd{std::in_place_type<OddClientsTransport>};
+  CHECK_FALSE(odd.is_server());
+  CHECK(odd.owns(3));
+  CHECK_FALSE(odd.owns(4));
+  CHECK(odd.share(2.5) == 3.5);
+  std::vector<ClientResult> results(1);
+  any.gather_results(results);  // one process holds every client's results: nothing to gather
+  CHECK(results.size() == 1);
+  odd.gather_results(results);
+  CHECK(results.size() == 3);
+
+  // Protocol messages pass when the wrapped transport carries them, and are refused when it does not.
+  REQUIRE(any.carries_messages());
+  any.post(ClientMessage{3, {1, 2}});
+  any.post(ClientMessage{1, {7}});
+  const std::vector<ClientMessage> posts = any.collect_posts();
+  REQUIRE(posts.size() == 2);
+  CHECK((posts[0].client == 1 && posts[0].bytes == std::vector<std::uint8_t>{7}));
+  CHECK((posts[1].client == 3 && posts[1].bytes == std::vector<std::uint8_t>{1, 2}));
+  CHECK_FALSE(odd.carries_messages());
+  CHECK_THROWS_WITH(odd.post(ClientMessage{1, {7}}),
+                    Catch::Matchers::Contains("AnyTransport::post: expected a transport that carries protocol "
+                                              "messages") &&
+                        Catch::Matchers::Contains("got one that does not"));
+  CHECK_THROWS_WITH(odd.deliver({}), Catch::Matchers::Contains("AnyTransport::deliver"));
 }
 
 TEST_CASE("personalize with the same seed gives an identical ClientResult", "[federated]") {

@@ -31,6 +31,7 @@
 #include "federated/server.hpp"
 #include "federated/server_optimizer.hpp"
 #include "federated/transport.hpp"
+#include "federated/any_transport.hpp"
 #include "io/cifar.hpp"
 #include "io/idx.hpp"
 #include "io/serialization.hpp"
