@@ -1,6 +1,6 @@
 // fedmoe-paper: the experiment of Listo Zec et al., "Specialized federated learning using a
 // mixture of experts" (arXiv 2010.02056), on real Fashion-MNIST (or any MNIST-format / .npy data),
-// in one process. The experiment itself lives in paper_experiment.hpp, shared with
+// in one process. The experiment itself lives in paper_experiment.hpp / .cpp, shared with
 // fedmoe-paper-mpi (the same flags and results across MPI processes).
 #include "paper_experiment.hpp"
 
@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   apply_full(o);
   try {
-    return run_experiment(InProcessRuntime{}, o);
+    return run_experiment(Runtime{}, o);
   } catch (const std::exception& e) {
     std::string msg = e.what();  // most messages already name the program
     if (msg.rfind("fedmoe-paper: ", 0) == 0) msg.erase(0, 14);

@@ -6,14 +6,6 @@
 
 #include "paper_experiment.hpp"
 
-namespace {
-struct MpiRuntime {
-  bool is_root() const { return fedmoe::MpiSession::rank() == 0; }
-  fedmoe::MpiTransport<float> make_transport() const { return fedmoe::MpiTransport<float>(MPI_COMM_WORLD); }
-  void json_timing(nlohmann::json& timing) const { timing["processes"] = fedmoe::MpiSession::size(); }
-};
-}  // namespace
-
 int main(int argc, char** argv) {
   using namespace fedmoe_paper;
   fedmoe::MpiSession mpi(argc, argv);
@@ -35,7 +27,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    return run_experiment(MpiRuntime{}, o);
+    Runtime mpi;
+    mpi.root = rank == 0;
+    mpi.checkpoints = false;  // each process holds only its own clients' states
+    mpi.make_transport = [] {
+      return fedmoe::AnyTransport<float>(std::in_place_type<fedmoe::MpiTransport<float>>, MPI_COMM_WORLD);
+    };
+    mpi.json_timing = [](nlohmann::json& timing) { timing["processes"] = fedmoe::MpiSession::size(); };
+    return run_experiment(mpi, o);
   } catch (const std::exception& e) {
     // The other ranks wait in a collective: report and end them all.
     std::cerr << "fedmoe-paper-mpi: error on rank " << rank << ": " << e.what() << "\n";

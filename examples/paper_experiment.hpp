@@ -1,18 +1,15 @@
 #pragma once
 // The paper experiment of fedmoe-paper and fedmoe-paper-mpi (Listo Zec et al., "Specialized
-// federated learning using a mixture of experts", arXiv 2010.02056), templated on a runtime that
-// supplies the transport: InProcessRuntime (one process, fedmoe-paper) or an MPI runtime
-// (fedmoe-paper-mpi). Both binaries take the same flags (add_options) and run the same code, so
-// the results of an MPI run are bitwise those of the in-process run with the same seed.
+// federated learning using a mixture of experts", arXiv 2010.02056). A Runtime (below) supplies the
+// transport: one process (fedmoe-paper) or MPI (fedmoe-paper-mpi). Both binaries take the same flags
+// (add_options) and run the same compiled code (run_experiment, defined once in paper_experiment.cpp,
+// which both programs and the tests link), so the results of an MPI run are bitwise those of the
+// in-process run with the same seed.
 //
 // For each opt-out fraction and each majority fraction p: partition the data over the clients,
 // train the global model with FedAvg (opted-out clients never send anything), then personalise
 // every client (specialist, fine-tuned, mixture of experts) and evaluate every client on its
 // local test set and on the global test set. Prints the paper-style table; --json / --csv / --plot.
-//
-// A runtime provides: `bool is_root() const` (this process prints and writes the outputs),
-// `make_transport()` (a fresh transport per setting, returned by value), and
-// `void json_timing(nlohmann::json&) const` (extra fields of the JSON "timing" object).
 //
 // Nothing runs before everything that can be checked is: every flag's value (for_each_flag lists each
 // flag once with its accepted values, for the command line and for validate_options), the combinations
@@ -34,6 +31,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <limits>
@@ -45,6 +43,7 @@
 
 #include <fedmoe/data/partition.hpp>
 #include <fedmoe/federated/aggregators/any_aggregator.hpp>
+#include <fedmoe/federated/any_transport.hpp>
 #include <fedmoe/federated/federation.hpp>
 #include <fedmoe/federated/server_optimizer.hpp>
 #include <fedmoe/federated/personalize.hpp>
@@ -69,14 +68,20 @@ namespace fedmoe_paper {
 using namespace fedmoe;
 using Clock = std::chrono::steady_clock;
 
-/// One process: InProcessTransport, every client local.
-struct InProcessRuntime {
-  static constexpr bool checkpoints = true;  // --checkpoint / --resume (paper_checkpoint.hpp)
-  bool is_root() const { return true; }
-  InProcessTransport<float> make_transport() const { return InProcessTransport<float>(); }
-  void json_timing(nlohmann::json&) const {}
+/// Where the sweep runs. A value, not a template parameter, so that run_experiment is compiled once for
+/// both programs: the default is one process (fedmoe-paper: an InProcessTransport, every client local);
+/// fedmoe-paper-mpi sets an MpiTransport, root on rank 0 only and no checkpoints.
+struct Runtime {
+  bool root = true;         ///< this process prints and writes the outputs
+  bool checkpoints = true;  ///< --checkpoint / --resume are supported (paper_checkpoint.hpp)
+  /// A fresh transport per federation.
+  std::function<AnyTransport<float>()> make_transport = [] {
+    return AnyTransport<float>(std::in_place_type<InProcessTransport<float>>);
+  };
+  /// Extra fields of the JSON "timing" object.
+  std::function<void(nlohmann::json&)> json_timing = [](nlohmann::json&) {};
+  bool is_root() const { return root; }
 };
-
 
 /// --data's default: where Debian's dataset-fashion-mnist package installs Fashion-MNIST.
 inline const std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
@@ -676,7 +681,7 @@ private:
   Clock::time_point m_start;
 };
 
-template <class Runtime, class M, class G>
+template <class M, class G>
 Setting run_setting(const Runtime& runtime, const Options& o, const Dataset<float>& train, const Dataset<float>& test,
                     std::span<const Index> global_test, double p, double opt_out, M model, G gate, Progress& progress,
                     double done_before, double share, SweepCheckpoint* checkpoint = nullptr, std::size_t index = 0,
@@ -1118,8 +1123,7 @@ inline nlohmann::json row_json(const Row& r) {
 }
 
 /// The --json document. `run_info` (run's data_json: "data" and "model") is copied in at the top level.
-template <class Runtime>
-std::string json_text(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
+inline std::string json_text(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
                       const std::vector<Setting>& settings, double total_seconds, long peak_kib,
                       const nlohmann::json& run_info = nlohmann::json::object()) {
   using nlohmann::json;
@@ -1270,8 +1274,7 @@ inline void write_plot(const std::string& script, const OutputFile& out) {
 
 /// Writes every output that was asked for (each one tried even when another failed); throws one
 /// fedmoe::Error naming every failure.
-template <class Runtime>
-void write_outputs(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
+inline void write_outputs(const Runtime& runtime, const Options& o, const std::vector<Row>& rows,
                    const std::vector<Setting>& settings, double total_seconds, long peak_kib,
                    const nlohmann::json& run_info = nlohmann::json::object()) {
   std::string failures;
@@ -1352,7 +1355,7 @@ nlohmann::json data_json(const Options& o, const M& model, const G& gate, const 
                          {"gate_parameters", gate.parameters().size()}}}};
 }
 
-template <class Runtime, class M, class G>
+template <class M, class G>
 int run(const Runtime& runtime, const Options& o, M model, G gate, ExperimentData data, Clock::time_point start,
         SweepCheckpoint* checkpoint = nullptr) {
   const bool root = runtime.is_root();
@@ -1488,47 +1491,8 @@ inline void apply_full(Options& o) {
 }
 
 /// Loads the data, builds the models and runs the sweep. Returns the exit code (2: no data);
-/// throws fedmoe::Error on bad input.
-template <class Runtime>
-int run_experiment(const Runtime& runtime, const Options& o) {
-  validate_options(o);
-  if (runtime.is_root()) check_outputs(o);  // the outputs can be created and gnuplot runs, before any work
-  if (o.dataset != "npy" && !std::filesystem::exists(o.data)) {
-    if (runtime.is_root() && is_cifar(o))
-      std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. CIFAR is not packaged for Debian: "
-                << "download the binary version (" << cifar_tarball(o) << ") from "
-                << "https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass --data DIR (its "
-                << cifar_subdir(o) << " directory, or the one holding it).\n";
-    else if (runtime.is_root())
-      std::cerr << "fedmoe-paper: data directory '" << o.data << "' not found. Fashion-MNIST ships as the Debian "
-                << "package dataset-fashion-mnist: apt-get install dataset-fashion-mnist (installs "
-                << fashion_mnist_dir << "), or pass --data DIR.\n";
-    return 2;
-  }
-  // --checkpoint / --resume: the directory is checked (and a checkpoint read and compared) before any work.
-  std::optional<SweepCheckpoint> checkpoint;
-  if (!o.checkpoint.empty() || !o.resume.empty()) {
-    if constexpr (requires { Runtime::checkpoints; })
-      checkpoint.emplace(o.resume.empty() ? o.checkpoint : o.resume, !o.resume.empty(), result_flags(o), o.clients);
-    else
-      FEDMOE_FAIL("fedmoe-paper-mpi: --checkpoint and --resume are not supported over MPI (each process holds only ",
-                  "its own clients' states); run fedmoe-paper for a resumable sweep");
-  }
-  SweepCheckpoint* ck = checkpoint ? &*checkpoint : nullptr;
-  const auto start = Clock::now();
-  ExperimentData data = load_data(o);
-  check_model_shape(o, data.train);
-  // The model is the one built for the data's sample shape, with the dataset's classes: a model's input
-  // shape must be the data's, not only its size (the MLP's first Dense layer flattens the images).
-  const Shape shape = data.train.shape;
-  const Index classes = data.train.classes;
-  if (o.model == "cnn" && shape == cifar_shape)
-    return run(runtime, o, cifar_cnn<float>(classes), cifar_cnn_gate<float>(), std::move(data), start, ck);
-  if (o.model == "cnn")
-    return run(runtime, o, fashion_cnn<float>(classes, o.dropout), fashion_cnn_gate<float>(o.dropout),
-               std::move(data), start, ck);
-  return run(runtime, o, mlp<float>(shape, classes, 200, o.dropout), mlp_gate<float>(shape, 200, o.dropout),
-             std::move(data), start, ck);
-}
+/// throws fedmoe::Error on bad input. Defined in paper_experiment.cpp (the whole experiment, every model,
+/// strategy and method: compiled once, linked by fedmoe-paper, fedmoe-paper-mpi and the tests).
+int run_experiment(const Runtime& runtime, const Options& o);
 
 }  // namespace fedmoe_paper

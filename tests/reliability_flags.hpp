@@ -1,8 +1,7 @@
 #pragma once
-// Helpers of the fedmoe-paper reliability tests (test_reliability_flags*.cpp, issue 16). The tests are
-// split over three files so that the compiler builds them in parallel: only
-// test_reliability_flags_outputs.cpp instantiates run_experiment (the whole experiment, every model,
-// every aggregator), the heaviest part of the build under the sanitizers; the CIFAR runs are there too.
+// Helpers of the fedmoe-paper reliability tests (test_reliability_flags*.cpp, issue 16). They link
+// run_experiment from target fedmoe_paper_core (examples/paper_experiment.cpp, the whole experiment
+// compiled once) and include paper_experiment.hpp for the flag checks and the outputs.
 #include <catch2/catch.hpp>
 
 #include <sys/stat.h>

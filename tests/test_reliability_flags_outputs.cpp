@@ -28,7 +28,7 @@ TEST_CASE("an output that cannot be created is refused before any work, and the 
   Options o;
   o.data = (dir.path / "no-data").string();
   o.json = (dir.path / "missing" / "r.json").string();
-  CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o), Contains("does not exist"));
+  CHECK_THROWS_WITH(run_experiment(Runtime{}, o), Contains("does not exist"));
   o.json.clear();
   o.csv = (dir.path / "r.csv").string();
   o.plot = (dir.path / "r.txt").string();
@@ -66,7 +66,7 @@ TEST_CASE("outputs are written atomically and a failed write is an error", "[rel
     o.csv = (dir.path / "r.csv").string();
     o.methods = {"global"};
     const std::vector<Row> rows = some_rows(o);
-    CHECK_THROWS_WITH(write_outputs(InProcessRuntime{}, o, rows, {}, 1.0, 1024),
+    CHECK_THROWS_WITH(write_outputs(Runtime{}, o, rows, {}, 1.0, 1024),
                       Contains("--json: writing '/dev/full' failed: No space left on device"));
     CHECK(read(dir.path / "r.csv").rfind("p,opt_out,group,method", 0) == 0);
   }
@@ -74,8 +74,8 @@ TEST_CASE("outputs are written atomically and a failed write is an error", "[rel
 
 
 // ---- issue 17: fedmoe-paper on CIFAR-10 and CIFAR-100 (files in the official format, cifar_files.hpp) ----
-// Here because this file already instantiates run_experiment: another file calling it would compile the
-// whole experiment a second time. The flag checks are in test_reliability_flags.cpp.
+// Runs of run_experiment (compiled once, in examples/paper_experiment.cpp). The flag checks are in
+// test_reliability_flags.cpp.
 
 namespace {
 
@@ -111,7 +111,7 @@ TEST_CASE("fedmoe-paper runs a short federation on CIFAR-10 and CIFAR-100 files 
     cifar_test::write_cifar10_dir(dir.path / "cifar-10-batches-bin", 40, 100);  // 20 training images per class
     Options o = short_cifar_run("cifar10", dir.path, dir.path / "r.json");  // the tarball's parent directory
     o.methods = {"global", "mixture"};
-    REQUIRE(run_experiment(InProcessRuntime{}, o) == 0);
+    REQUIRE(run_experiment(Runtime{}, o) == 0);
     const nlohmann::json j = nlohmann::json::parse(read(dir.path / "r.json"));
     CHECK(j["config"]["dataset"] == "cifar10");
     CHECK(j["config"]["model"] == "cnn");
@@ -137,7 +137,7 @@ TEST_CASE("fedmoe-paper runs a short federation on CIFAR-10 and CIFAR-100 files 
       Options o = short_cifar_run("cifar100", dir.path, dir.path / "r.json");
       o.cifar100_labels = labels;
       o.p = {1.0};  // majority classes only: labels of 100 (or 20) classes all reach the model
-      REQUIRE(run_experiment(InProcessRuntime{}, o) == 0);
+      REQUIRE(run_experiment(Runtime{}, o) == 0);
       const nlohmann::json j = nlohmann::json::parse(read(dir.path / "r.json"));
       CHECK(j["config"]["dataset"] == "cifar100");
       CHECK(j["config"]["cifar100_labels"] == labels);
@@ -154,7 +154,7 @@ TEST_CASE("fedmoe-paper runs a short federation on CIFAR-10 and CIFAR-100 files 
     Options o = short_cifar_run("cifar100", dir.path, dir.path / "r.json");
     o.n_train = 60;
     o.p = {1.0};
-    CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o), Contains("p = 1"));
+    CHECK_THROWS_WITH(run_experiment(Runtime{}, o), Contains("p = 1"));
   }
 }
 
@@ -162,13 +162,13 @@ TEST_CASE("fedmoe-paper refuses CIFAR runs without their data before any work, n
           "[reliability][paper][cifar]") {
   TempDir dir;
   Options o = short_cifar_run("cifar10", dir.path / "none", dir.path / "r.json");
-  CHECK(run_experiment(InProcessRuntime{}, o) == 2);  // no such directory: says where to get the data
+  CHECK(run_experiment(Runtime{}, o) == 2);  // no such directory: says where to get the data
   o.data = fashion_mnist_dir;
-  CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o), Contains("--dataset cifar10 needs --data DIR"));
+  CHECK_THROWS_WITH(run_experiment(Runtime{}, o), Contains("--dataset cifar10 needs --data DIR"));
   cifar_test::write_cifar10_dir(dir.path, 40, 100);
   fs::remove(dir.path / "data_batch_5.bin");
   o.data = dir.path.string();
-  CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o),
+  CHECK_THROWS_WITH(run_experiment(Runtime{}, o),
                     Contains("load_cifar10: missing file '" + (dir.path / "data_batch_5.bin").string() + "'"));
   CHECK(!fs::exists(dir.path / "r.json"));
 }
@@ -196,7 +196,7 @@ TEST_CASE("fedmoe-paper --model cnn refuses images of another shape than 1x28x28
   for (const char* model : {"cnn", "mlp"}) {
     INFO(model);
     o.model = model;
-    CHECK_THROWS_WITH(run_experiment(InProcessRuntime{}, o),
+    CHECK_THROWS_WITH(run_experiment(Runtime{}, o),
                       Contains(std::string("--model ") + model + " takes samples of shape [1x28x28]") &&
                           Contains("or [3x32x32]") && Contains("has training samples of shape [1x14x56]"));
   }

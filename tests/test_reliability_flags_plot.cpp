@@ -133,7 +133,7 @@ TEST_CASE("without validation data the JSON says the last round was kept, not be
   // The personalisation's selection is in the document too.
   o = Options{};
   o.n_val = 0;
-  const nlohmann::json doc = nlohmann::json::parse(json_text(InProcessRuntime{}, o, some_rows(o), {s}, 1.0, 1024));
+  const nlohmann::json doc = nlohmann::json::parse(json_text(Runtime{}, o, some_rows(o), {s}, 1.0, 1024));
   CHECK(doc["personalisation"]["model_selection"] ==
         "last epoch (no validation data: --val-per-client 0, every one of --max-epochs epochs runs)");
   CHECK(doc["federation"][0]["model_selection"] == "last round (no validation data: --val-per-client 0)");

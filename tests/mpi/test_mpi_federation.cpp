@@ -147,12 +147,10 @@ void compare_strategies(const Federation& f) {
     std::string name;
     std::function<std::pair<Vector<float>, FederationResult>(bool)> run;
   };
+  // Through AnyTransport, as fedmoe-paper-mpi runs them (one federation loop compiled for both transports).
   auto run_on = [&](bool mpi, auto strategy, AttackConfig a) {
-    if (mpi) {
-      MpiTransport<float> t;
-      return federate(f, t, std::move(strategy), a);
-    }
-    InProcessTransport<float> t;
+    AnyTransport<float> t = mpi ? AnyTransport<float>(std::in_place_type<MpiTransport<float>>, MPI_COMM_WORLD)
+                                : AnyTransport<float>(std::in_place_type<InProcessTransport<float>>);
     return federate(f, t, std::move(strategy), a);
   };
   const std::vector<Case> cases{
