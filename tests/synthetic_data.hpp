@@ -1,6 +1,7 @@
 #pragma once
-// Synthetic classification data shared by the federation, end-to-end and MPI tests, and the small
-// label-skewed federation (Blobs) of the strategy, privacy, secure-aggregation and baseline tests.
+// Synthetic classification data shared by the federation, end-to-end and MPI tests, the small
+// label-skewed federation (Blobs) of the strategy, privacy, secure-aggregation and baseline tests, and
+// the small helpers several test files use (each defined once: the test files build as unity batches).
 #include <cstdint>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include <fedmoe/data/dataset.hpp>
 #include <fedmoe/data/partition.hpp>
 #include <fedmoe/federated/client.hpp>
+#include <fedmoe/federated/local_training.hpp>
 #include <fedmoe/models/paper.hpp>
 
 namespace fedmoe::test {
@@ -59,5 +61,16 @@ template <class S>
 bool same_vector(const Vector<S>& a, const Vector<S>& b) {
   return a.size() == b.size() && (a.array() == b.array()).all();
 }
+
+/// n labels drawn uniformly from [0, classes) by Rng(seed).
+inline Labels random_labels(Index n, Index classes, std::uint64_t seed) {
+  Rng rng(seed);
+  Labels y(n);
+  for (Index j = 0; j < n; ++j) y[j] = std::int32_t(rng.uniform_int(std::uint64_t(classes)));
+  return y;
+}
+
+/// One local epoch at batch 10.
+inline const LocalUpdateConfig one_epoch{1, 10};
 
 }  // namespace fedmoe::test

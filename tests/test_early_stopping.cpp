@@ -14,15 +14,14 @@
 #include <fedmoe/fedmoe.hpp>
 #include <fedmoe/training/trainer.hpp>
 
+#include "synthetic_data.hpp"
+
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
 namespace {
 
-template <class S>
-bool same_vector(const Vector<S>& a, const Vector<S>& b) {
-  return a.size() == b.size() && (a.array() == b.array()).all();
-}
+using test::same_vector;
 
 /// A 2-class problem in 4 dimensions: x ~ U(-1, 1)^4, "true" label [x0 + 0.5 x1 > 0].
 /// Region k of `sizes` has labels: 0 -> true, 1 -> flipped, 2 -> true with each label

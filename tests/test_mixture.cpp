@@ -11,6 +11,7 @@
 #include <fedmoe/fedmoe.hpp>
 
 #include "gradient_check.hpp"
+#include "synthetic_data.hpp"
 
 using namespace fedmoe;
 using Catch::Matchers::Contains;
@@ -55,12 +56,7 @@ static_assert(Model<ConstantGate<float>> && Model<ConstantGate<double>>);
 
 constexpr Index kInputs = 6, kClasses = 4;
 
-Labels random_labels(Index n, Index classes, std::uint64_t seed) {
-  Rng rng(seed);
-  Labels y(n);
-  for (Index j = 0; j < n; ++j) y[j] = std::int32_t(rng.uniform_int(std::uint64_t(classes)));
-  return y;
-}
+using test::random_labels;
 
 /// A specialist, a global model of another width, and an MLP gate, initialised from `seed`.
 template <class S>

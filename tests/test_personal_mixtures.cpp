@@ -21,14 +21,14 @@ using fedmoe::test::random_batch;
 
 namespace {
 
-constexpr Index kC = 4;
+constexpr Index kExpertClasses = 4;
 
 /// Log-probabilities of `experts` experts for n samples (each column block a distribution).
 Matrix<double> stacked_log_probs(Index experts, Index n, std::uint64_t seed) {
-  Matrix<double> z = 3 * random_batch<double>(experts * kC, n, seed);
+  Matrix<double> z = 3 * random_batch<double>(experts * kExpertClasses, n, seed);
   for (Index k = 0; k < experts; ++k)
     for (Index j = 0; j < n; ++j) {
-      auto c = z.col(j).segment(k * kC, kC);
+      auto c = z.col(j).segment(k * kExpertClasses, kExpertClasses);
       const double lse = std::log(c.array().exp().sum());
       c.array() -= lse;
     }
@@ -48,13 +48,13 @@ TEST_CASE("the label-shift gate starts at the label-shift posterior r / (1 + r)"
   const Matrix<double> h = fed.forward(x);
   for (Index j = 0; j < 5; ++j) {
     double r = 0;
-    for (Index c = 0; c < kC; ++c) r += std::exp(x(c, j)) * std::exp(lw[std::size_t(c)]);
+    for (Index c = 0; c < kExpertClasses; ++c) r += std::exp(x(c, j)) * std::exp(lw[std::size_t(c)]);
     CHECK(h(0, j) == Approx(r / (1 + r)).epsilon(1e-12));
   }
   // An expert trained under the client's prior: p_fed(c|x) = p_loc(c|x) / w_c, normalised, gives the same r.
   Matrix<double> loc = x;
   for (Index j = 0; j < 5; ++j) {
-    for (Index c = 0; c < kC; ++c) loc(c, j) += lw[std::size_t(c)];
+    for (Index c = 0; c < kExpertClasses; ++c) loc(c, j) += lw[std::size_t(c)];
     loc.col(j).array() -= std::log(loc.col(j).array().exp().sum());
   }
   LabelShiftGate<double> client({ExpertPrior::client}, lw);
@@ -74,7 +74,7 @@ TEST_CASE("the label-shift gate passes the gradient check, alone and inside a mi
 
   // In a mixture whose experts train: their gradients include the path through the gate's input.
   Rng rng(4);
-  auto a = mlp<double>(Shape{6, 1, 1}, kC, 5), b = mlp<double>(Shape{6, 1, 1}, kC, 7);
+  auto a = mlp<double>(Shape{6, 1, 1}, kExpertClasses, 5), b = mlp<double>(Shape{6, 1, 1}, kExpertClasses, 7);
   a.init(rng);
   b.init(rng);
   ProbabilityGate<LabelShiftGate<double>> pg{LabelShiftGate<double>({ExpertPrior::client, ExpertPrior::federation}, lw)};
@@ -82,7 +82,7 @@ TEST_CASE("the label-shift gate passes the gradient check, alone and inside a mi
   ExpertMixture mix(GateInput::expert_log_probs, pg, a, b);
   const Matrix<double> x = random_batch<double>(6, 7, 5);
   Labels y(7);
-  for (Index j = 0; j < 7; ++j) y[j] = std::int32_t(j % kC);
+  for (Index j = 0; j < 7; ++j) y[j] = std::int32_t(j % kExpertClasses);
   auto f = [&] {
     Rng r(0);
     return double(mix.loss(x, y, Mode::eval, r));

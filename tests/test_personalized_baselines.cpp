@@ -26,7 +26,7 @@ namespace {
 using test::Blobs;
 using test::same_vector;
 
-FederationConfig config(int rounds, std::size_t threads = 1) {
+FederationConfig baseline_config(int rounds, std::size_t threads = 1) {
   FederationConfig c;
   c.max_rounds = rounds;
   c.check_every = 1000;  // no early stopping: every round runs, the last model is kept
@@ -36,7 +36,7 @@ FederationConfig config(int rounds, std::size_t threads = 1) {
   return c;
 }
 
-const LocalUpdateConfig one_epoch{1, 10};
+using test::one_epoch;
 
 template <class Alg>
 using Plain = Strategy<UniformSampler, Alg, WeightedMean, Sgd<float>>;
@@ -100,7 +100,7 @@ TEST_CASE("Ditto's global-copy update is LocalTraining's, bitwise, in one round 
     Mlp<float> model = b.model();
     InProcessTransport<float> t;
     auto strategy = Plain<decltype(algorithm)>{UniformSampler(3), algorithm, WeightedMean{}, Sgd<float>(1)};
-    train_federated(model, b.clients, t, config(4), strategy);
+    train_federated(model, b.clients, t, baseline_config(4), strategy);
     return Vector<float>(model.parameters());
   };
   CHECK(same_vector(run(plain), run(ditto)));
@@ -175,7 +175,7 @@ TEST_CASE("FedPer, FedRep and LG-FedAvg upload exactly zero on the personal part
     });
     auto strategy = Plain<PartialSharing<Adam<float>>>{UniformSampler(3), alg, WeightedMean{}, Sgd<float>(1)};
     std::vector<PartialSharingState<float>> states;
-    train_federated(model, b.clients, t, config(4), strategy, states);
+    train_federated(model, b.clients, t, baseline_config(4), strategy, states);
     CHECK(uploads == 12);
     CHECK(same_vector(Vector<float>(model.parameters().segment(r.begin, r.size)),
                       Vector<float>(start.segment(r.begin, r.size))));
@@ -362,7 +362,7 @@ TEST_CASE("in a heterogeneous federation every personal model beats FedAvg's glo
           "[personalization]") {
   const ShiftedLabels fx;
   const LocalUpdateConfig local{2, 10};
-  const FederationConfig cfg = config(30);
+  const FederationConfig cfg = baseline_config(30);
   Mlp<float> ws = fx.model();
 
   Mlp<float> fedavg_model = fx.model();
@@ -415,7 +415,7 @@ TEST_CASE("every personalised baseline gives bitwise the same global and persona
     InProcessTransport<float> t([&](const ClientUpdate<float>& u) { with_extras += !u.extras.empty(); });
     auto strategy = Plain<Alg>{UniformSampler(4), algorithm, WeightedMean{}, Sgd<float>(1)};
     std::vector<typename Alg::State> states;
-    train_federated(model, b.clients, t, config(5, threads), strategy, states);
+    train_federated(model, b.clients, t, baseline_config(5, threads), strategy, states);
     auto personal = personal_parameters_of(algorithm, proto, model.parameters(), b.clients, states, 7, threads);
     CHECK(with_extras == 0);  // nothing but the delta travels: the state never does
     personal.push_back(model.parameters());

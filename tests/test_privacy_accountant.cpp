@@ -15,7 +15,8 @@
 
 #include <fedmoe/federated/privacy/rdp_accountant.hpp>
 
-using namespace fedmoe::privacy;
+namespace fedmoe::privacy {  // not a using-directive: nothing leaks into the next file of a unity batch
+
 using Catch::Matchers::Contains;
 
 namespace {
@@ -538,3 +539,5 @@ TEST_CASE("every invalid input is refused with a message naming it", "[privacy][
                       Contains("RDP values >= 0"));
   REQUIRE_THROWS_WITH(epsilon_at_order(2.0, -0.1, 1e-5, Conversion::classic), Contains("RDP value >= 0"));
 }
+
+}  // namespace fedmoe::privacy

@@ -134,8 +134,8 @@ TEST_CASE("Server::step refuses to run a randomised aggregator without the round
 namespace {
 
 /// The small federation of the DP tests: 1,600 samples, client 0 opts out.
-struct Blobs : test::Blobs {
-  explicit Blobs(Index n) : test::Blobs(n, {true}, 1600) {}
+struct DpBlobs : test::Blobs {
+  explicit DpBlobs(Index n) : test::Blobs(n, {true}, 1600) {}
 };
 
 using DpStrategy = Strategy<PoissonSampler, LocalTraining<Adam<float>>, DpMean, Sgd<float>>;
@@ -162,7 +162,7 @@ FederationConfig dp_config(int rounds, std::size_t threads, double budget = std:
 
 TEST_CASE("a DP federation: every round accounted, bitwise the same for 1 and 2 threads, the last model kept",
           "[privacy]") {
-  const Blobs b(21);  // 20 opted in
+  const DpBlobs b(21);  // 20 opted in
   auto run = [&](std::size_t threads, std::optional<AdaptiveClipping> adaptive) {
     Mlp<float> model = b.model();
     InProcessTransport<float> t;
@@ -204,7 +204,7 @@ TEST_CASE("a DP federation: every round accounted, bitwise the same for 1 and 2 
 }
 
 TEST_CASE("an epsilon budget stops training before the first round that would exceed it", "[privacy]") {
-  const Blobs b(21);
+  const DpBlobs b(21);
   privacy::RdpAccountant acc(0.25, 0.8);
   acc.step(5);
   const double eps5 = acc.epsilon(1e-5, privacy::Conversion::improved).epsilon;
@@ -223,7 +223,7 @@ TEST_CASE("an epsilon budget stops training before the first round that would ex
 }
 
 TEST_CASE("DP refuses a client algorithm that uploads more than its delta", "[privacy]") {
-  const Blobs b(6);
+  const DpBlobs b(6);
   Mlp<float> model = b.model();
   InProcessTransport<float> t;
   auto strategy = Strategy<PoissonSampler, Scaffold<float>, DpMean, Sgd<float>>{

@@ -253,7 +253,7 @@ TEST_CASE("fit without validation data runs every epoch, keeps the last weights 
 }
 
 namespace {
-enum Plain { plain_three = 3 };
+enum Unscoped { unscoped_three = 3 };
 enum class Scoped : std::int16_t { minus_two = -2 };
 
 template <class... Args>
@@ -284,7 +284,7 @@ TEST_CASE("error messages print every argument as std::ostream would, without io
     CHECK(detail::concat(v) == streamed(v));
     CHECK(detail::concat(float(v)) == streamed(float(v)));
   }
-  CHECK(detail::concat(plain_three) == streamed(plain_three));
+  CHECK(detail::concat(unscoped_three) == streamed(unscoped_three));
   CHECK(detail::concat(Scoped::minus_two) == "-2");
   CHECK(detail::concat(Shape{3, 32, 32}) == streamed(Shape{3, 32, 32}));
   CHECK(detail::concat(Shape{3, 32, 32}) == "[3x32x32]");

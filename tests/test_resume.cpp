@@ -18,7 +18,7 @@ namespace {
 
 using test::Blobs;
 
-FederationConfig config(int rounds, int patience = 1000) {
+FederationConfig resume_config(int rounds, int patience = 1000) {
   FederationConfig c;
   c.max_rounds = rounds;
   c.check_every = 2;
@@ -187,7 +187,7 @@ TEST_CASE("A federation resumed from any saved state ends bitwise as the uninter
 
   SECTION("server Adam (optimizer state), coordinate median, early stopping that stops the run") {
     // Concrete types here (fedmoe-paper's AnyAggregator / AnyOptimizer are resumed by tests/resume/).
-    FederationConfig cfg = config(40, 2);
+    FederationConfig cfg = resume_config(40, 2);
     const auto make = [&] {
       return Strategy<UniformSampler, LocalTraining<Adam<float>>, CoordinateMedian, Adam<float>>{
           UniformSampler(4), LocalTraining<Adam<float>>(local, Adam<float>(1e-2)), CoordinateMedian{},
@@ -197,7 +197,7 @@ TEST_CASE("A federation resumed from any saved state ends bitwise as the uninter
     CHECK(run(b, cfg, make, nullptr).result.rounds < 40);  // early stopping did stop it: the resumed runs had to know
   }
   SECTION("SCAFFOLD (server and client control variates) with attackers and failures") {
-    FederationConfig cfg = config(10);
+    FederationConfig cfg = resume_config(10);
     cfg.attack = AttackConfig{AttackKind::sign_flip, 0.2, 1.0, 1.0, 0.2};
     check_exact_resume(b, cfg, [&] {
       return Strategy<UniformSampler, Scaffold<float>, WeightedMean, Sgd<float>>{
@@ -205,14 +205,14 @@ TEST_CASE("A federation resumed from any saved state ends bitwise as the uninter
     });
   }
   SECTION("Ditto (every client's personal model)") {
-    check_exact_resume(b, config(9), [&] {
+    check_exact_resume(b, resume_config(9), [&] {
       return Strategy<UniformSampler, Ditto<Adam<float>>, WeightedMean, Sgd<float>>{
           UniformSampler(4), Ditto<Adam<float>>(DittoConfig{0.1, local, local, 2}, Adam<float>(1e-2)), WeightedMean{},
           Sgd<float>(1)};
     });
   }
   SECTION("DP-FedAvg with adaptive clipping and an epsilon budget that stops the run") {
-    FederationConfig cfg = config(30);
+    FederationConfig cfg = resume_config(30);
     cfg.select_on_validation = false;
     cfg.privacy.epsilon_budget = 40;
     check_exact_resume(b, cfg, [&] {
@@ -235,23 +235,23 @@ TEST_CASE("A saved federation state is refused by another run, with what differs
         UniformSampler(4), Scaffold<float>(5e-2, local), WeightedMean{}, Sgd<float>(1)};
   };
   std::vector<std::string> saves;
-  (void)run(b, config(6), fedavg_strategy, &saves);
+  (void)run(b, resume_config(6), fedavg_strategy, &saves);
   REQUIRE(!saves.empty());
   const std::string& state = saves.front();
 
-  FederationConfig other_seed = config(6);
+  FederationConfig other_seed = resume_config(6);
   other_seed.seed = 9;
   CHECK_THROWS_WITH(run(b, other_seed, fedavg_strategy, nullptr, state),
                     Contains("another run") && Contains("seed 8, this run has 9"));
-  CHECK_THROWS_WITH(run(b, config(7), fedavg_strategy, nullptr, state), Contains("max_rounds 6, this run has 7"));
-  CHECK_THROWS_WITH(run(b, config(6), scaffold_strategy, nullptr, state), Contains("expected 'algorithm.control'"));
+  CHECK_THROWS_WITH(run(b, resume_config(7), fedavg_strategy, nullptr, state), Contains("max_rounds 6, this run has 7"));
+  CHECK_THROWS_WITH(run(b, resume_config(6), scaffold_strategy, nullptr, state), Contains("expected 'algorithm.control'"));
   const Blobs more(11);
-  CHECK_THROWS_WITH(run(more, config(6), fedavg_strategy, nullptr, state), Contains("client count 10, this run has 11"));
+  CHECK_THROWS_WITH(run(more, resume_config(6), fedavg_strategy, nullptr, state), Contains("client count 10, this run has 11"));
   std::string damaged = state;
   damaged[damaged.size() - 20] ^= 1;
-  CHECK_THROWS_WITH(run(b, config(6), fedavg_strategy, nullptr, damaged), Contains("checksum mismatch"));
+  CHECK_THROWS_WITH(run(b, resume_config(6), fedavg_strategy, nullptr, damaged), Contains("checksum mismatch"));
   // Checkpointing without a save function is refused before any round.
-  FederationConfig no_save = config(6);
+  FederationConfig no_save = resume_config(6);
   no_save.checkpoint.every = 2;
   auto strategy = fedavg_strategy();
   Mlp<float> model = b.model();

@@ -19,6 +19,7 @@
 #include <fedmoe/optimizers/sgd.hpp>
 
 #include "gradient_check.hpp"
+#include "synthetic_data.hpp"
 #include "temp_dir.hpp"
 
 using namespace fedmoe;
@@ -76,12 +77,7 @@ void train_step(M& model, O& opt, const Matrix<typename M::scalar_type>& x, cons
   opt.step(model.parameters(), model.gradients());
 }
 
-Labels random_labels(Index n, Index classes, std::uint64_t seed) {
-  Rng r(seed);
-  Labels y(n);
-  for (Index i = 0; i < n; ++i) y[i] = std::int32_t(r.uniform_int(std::uint64_t(classes)));
-  return y;
-}
+using test::random_labels;
 
 }  // namespace
 

@@ -10,31 +10,15 @@
 #include <fedmoe/federated/server_optimizer.hpp>
 #include <fedmoe/io/serialization.hpp>
 
+#include "hand_computed.hpp"
+
 using namespace fedmoe;
 using Catch::Matchers::Contains;
 
 namespace {
 
-Vector<double> vec(std::initializer_list<double> v) {
-  Vector<double> out(Index(v.size()));
-  Index i = 0;
-  for (double x : v) out[i++] = x;
-  return out;
-}
-
-template <class S>
-constexpr double tolerance() {
-  return std::is_same_v<S, float> ? 2e-5 : 1e-12;
-}
-
-template <class S>
-void check_close(const Vector<S>& p, const Vector<double>& q) {
-  REQUIRE(p.size() == q.size());
-  for (Index i = 0; i < p.size(); ++i) {
-    INFO("coordinate " << i);
-    CHECK(double(p[i]) == Approx(q[i]).epsilon(tolerance<S>()).margin(tolerance<S>() * 1e-3));
-  }
-}
+using test::check_close;
+using test::vec;
 
 /// Three rounds of aggregated client deltas Delta = aggregate - x on a 3-parameter model.
 const Vector<double> deltas[3] = {vec({0.5, -1.0, 0.2}), vec({0.3, 0.8, -0.4}), vec({0.02, -0.05, 0.1})};

@@ -27,7 +27,7 @@ namespace {
 using test::Blobs;
 using test::same_vector;
 
-FederationConfig config(int rounds, std::size_t threads = 1) {
+FederationConfig strategy_config(int rounds, std::size_t threads = 1) {
   FederationConfig c;
   c.max_rounds = rounds;
   c.check_every = 3;
@@ -37,7 +37,7 @@ FederationConfig config(int rounds, std::size_t threads = 1) {
   return c;
 }
 
-const LocalUpdateConfig one_epoch{1, 10};
+using test::one_epoch;
 
 }  // namespace
 
@@ -97,7 +97,7 @@ TEST_CASE("PoissonSampler takes each client with probability q, independently", 
   InProcessTransport<float> t;
   auto strategy = Strategy<PoissonSampler, LocalTraining<Adam<float>>, WeightedMean, Sgd<float>>{
       PoissonSampler(1e-9), LocalTraining<Adam<float>>(one_epoch, Adam<float>(1e-2)), WeightedMean{}, Sgd<float>(1)};
-  const FederationResult r = train_federated(model, b.clients, t, config(3), strategy);
+  const FederationResult r = train_federated(model, b.clients, t, strategy_config(3), strategy);
   CHECK(r.rounds == 3);
   for (const RoundRecord& rec : r.history) CHECK((rec.sampled == 0 && !rec.stepped));
   CHECK(same_vector(model.parameters(), start));
@@ -113,7 +113,7 @@ TEST_CASE("FedProx with mu = 0 is plain local training, bitwise, and mu > 0 pull
   auto run = [&](auto algorithm) {
     Mlp<float> model = b.model();
     InProcessTransport<float> t;
-    train_federated(model, b.clients, t, config(4),
+    train_federated(model, b.clients, t, strategy_config(4),
                     Strategy<UniformSampler, decltype(algorithm), WeightedMean, Sgd<float>>{
                         UniformSampler(3), algorithm, WeightedMean{}, Sgd<float>(1)});
     return Vector<float>(model.parameters());
@@ -227,7 +227,7 @@ TEST_CASE("SCAFFOLD removes the client drift that biases FedAvg on heterogeneous
   const double eta = 0.05;
   const int K = 10;  // local steps per round: 10 epochs of one full batch
   const LocalUpdateConfig local{K, DriftProblem::per_client};
-  FederationConfig cfg = config(400);
+  FederationConfig cfg = strategy_config(400);
   cfg.check_every = 1000;  // no validation data: every round runs
   auto run = [&](auto algorithm) {
     auto model = prob.model();
@@ -259,7 +259,7 @@ TEST_CASE("SCAFFOLD's control variates: one extra vector each way, the client's 
   auto strategy = Strategy<UniformSampler, Scaffold<float>, WeightedMean, Sgd<float>>{
       UniformSampler(2), Scaffold<float>(5e-2, one_epoch), WeightedMean{}, Sgd<float>(1)};
   std::vector<ScaffoldState<float>> states;
-  const FederationResult r = train_federated(model, b.clients, t, config(4), strategy, states);
+  const FederationResult r = train_federated(model, b.clients, t, strategy_config(4), strategy, states);
   REQUIRE(states.size() == b.clients.size());
   CHECK(extras_seen.size() == 8);
   for (std::size_t e : extras_seen) CHECK(e == 1);
@@ -306,7 +306,7 @@ TEST_CASE("a NaN update is dropped and counted, and the round proceeds with the 
     alg.bad_first_index = b.clients[2].split().train.data();
     auto strategy = Strategy<UniformSampler, NanFromOneClient, AnyAggregator, Sgd<float>>{
         UniformSampler(4), alg, make_aggregator(spec), Sgd<float>(1)};
-    const FederationResult r = train_federated(model, b.clients, t, config(3), strategy);
+    const FederationResult r = train_federated(model, b.clients, t, strategy_config(3), strategy);
     for (const RoundRecord& rec : r.history) {
       CHECK(rec.received == 4);
       CHECK(rec.rejected == 1);
@@ -389,7 +389,7 @@ TEST_CASE("attackers and failures: per round counts, and what each attack sends"
     Mlp<float> model = b.model();
     std::size_t uploads = 0;
     InProcessTransport<float> t([&](const ClientUpdate<float>&) { ++uploads; });
-    FederationConfig cfg = config(12);
+    FederationConfig cfg = strategy_config(12);
     cfg.attack.kind = AttackKind::scale;
     cfg.attack.fraction = 0.2;
     cfg.attack.failure = 0.3;
@@ -410,7 +410,7 @@ TEST_CASE("attackers and failures: per round counts, and what each attack sends"
     const Blobs b(4);
     Mlp<float> model = b.model();
     InProcessTransport<float> t;
-    FederationConfig cfg = config(1);
+    FederationConfig cfg = strategy_config(1);
     cfg.attack.kind = AttackKind::alie;
     CHECK_THROWS_WITH(train_federated(model, b.clients, t, cfg, fedavg<float>(2)), Contains("fraction > 0"));
     cfg.attack.fraction = std::nan("");
@@ -421,7 +421,7 @@ TEST_CASE("attackers and failures: per round counts, and what each attack sends"
 
 TEST_CASE("under a sign-flip attack the median keeps learning where the mean collapses", "[strategies]") {
   const Blobs b(10);
-  FederationConfig cfg = config(15);
+  FederationConfig cfg = strategy_config(15);
   cfg.attack.kind = AttackKind::sign_flip;  // 2 of 10 send -10 d: the mean moves by about -1.2 d each round
   cfg.attack.fraction = 0.2;
   cfg.attack.scale = 10;
@@ -455,7 +455,7 @@ TEST_CASE("every strategy is bitwise identical for 1 and 2 threads", "[strategie
   auto run = [&](std::size_t threads, auto strategy, AttackConfig attack) {
     Mlp<float> model = b.model();
     InProcessTransport<float> t;
-    FederationConfig cfg = config(6, threads);
+    FederationConfig cfg = strategy_config(6, threads);
     cfg.attack = attack;
     const FederationResult r = train_federated(model, b.clients, t, cfg, strategy);
     return std::make_pair(Vector<float>(model.parameters()), r);
@@ -504,7 +504,7 @@ TEST_CASE("the README's strategy example runs: SCAFFOLD, the median, FedAdam", "
   const Blobs b(6);
   Mlp<float> model = b.model();
   InProcessTransport<float> transport;
-  const FederationConfig cfg = config(3);
+  const FederationConfig cfg = strategy_config(3);
   // As in the README, section "Federated strategies".
   auto strategy = Strategy<UniformSampler, Scaffold<float>, AnyAggregator, AnyOptimizer<float>>{
       UniformSampler(4), Scaffold<float>(0.05, {3, 10}), make_aggregator({.name = "median"}),
