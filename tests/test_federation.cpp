@@ -16,6 +16,7 @@
 
 #include <fedmoe/federated/aggregator.hpp>
 #include <fedmoe/fedmoe.hpp>
+#include <fedmoe/federated/any_transport.hpp>
 
 #include "synthetic_data.hpp"
 
